@@ -1,0 +1,107 @@
+"""The ``.pq`` artifact: one portable, pickle-free file per quantized model.
+
+Layout (little-endian)::
+
+    b"PRIVQNT1"                  8-byte magic (format version 1)
+    u64 header_len
+    header                       UTF-8 JSON: {"kind", "meta", "arrays": [{name, dtype, shape,
+                                 offset, nbytes}]}
+    array data                   raw C-order bytes, each array 8-byte aligned
+    sha256(everything above)     32-byte content hash
+
+Loading checks the magic, the sizes, the content hash and a dtype whitelist before parsing, and
+never executes code: a truncated, corrupt or tampered file raises one ``ArtifactError``.
+The content hash doubles as the artifact's identity (``Artifact.content_hash``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from privquant.errors import ArtifactError
+
+MAGIC = b"PRIVQNT1"
+_DTYPES = {"int8", "int16", "int32", "int64", "uint8", "float32", "float64"}
+_HASH = 32
+
+
+def write_container(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]) -> str:
+    """Write ``meta`` (JSON-able) and integer/float ``arrays``; return the content hash (hex)."""
+    table, blobs, offset = [], [], 0
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        if a.dtype.name not in _DTYPES:
+            raise ArtifactError(f"array {name!r} has unsupported dtype {a.dtype}")
+        raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        table.append(
+            {
+                "name": name,
+                "dtype": a.dtype.name,
+                "shape": list(a.shape),
+                "offset": offset,
+                "nbytes": len(raw),
+            }
+        )
+        pad = (-len(raw)) % 8
+        blobs.append(raw + b"\0" * pad)
+        offset += len(raw) + pad
+    header = json.dumps(
+        {"kind": "privquant-artifact", "meta": meta, "arrays": table},
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    body = MAGIC + struct.pack("<Q", len(header)) + header + b"".join(blobs)
+    digest = hashlib.sha256(body).digest()
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        raise ArtifactError(f"output directory does not exist: {path.parent}")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(body + digest)
+    tmp.replace(path)
+    return digest.hex()
+
+
+def read_container(path: str | Path) -> tuple[dict, dict[str, np.ndarray], str]:
+    """Read and verify a container; return ``(meta, arrays, content_hash)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"artifact not found: {path}")
+    data = path.read_bytes()
+    if len(data) < len(MAGIC) + 8 + _HASH or data[: len(MAGIC)] != MAGIC:
+        if data[: len(MAGIC)] == MAGIC:
+            raise ArtifactError(f"artifact {path} is truncated")
+        raise ArtifactError(f"{path} is not a PrivQuant artifact (bad magic)")
+    (hlen,) = struct.unpack("<Q", data[len(MAGIC) : len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    if start + hlen + _HASH > len(data):
+        raise ArtifactError(f"artifact {path} is truncated")
+    body, digest = data[:-_HASH], data[-_HASH:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ArtifactError(
+            f"artifact {path} failed its integrity check (content hash mismatch): "
+            "the file is corrupt, truncated or was modified"
+        )
+    try:
+        header = json.loads(data[start : start + hlen].decode("utf-8"))
+        if header.get("kind") != "privquant-artifact":
+            raise ValueError("wrong kind")
+        blob = memoryview(body)[start + hlen :]
+        arrays = {}
+        for e in header["arrays"]:
+            if e["dtype"] not in _DTYPES:
+                raise ValueError(f"dtype {e['dtype']!r} not allowed")
+            dt = np.dtype(e["dtype"]).newbyteorder("<")
+            n = int(np.prod(e["shape"], dtype=np.int64)) * dt.itemsize
+            off = int(e["offset"])
+            if n != e["nbytes"] or off < 0 or off + n > len(blob):
+                raise ValueError(f"array {e['name']!r} out of bounds")
+            arrays[e["name"]] = np.frombuffer(blob[off : off + n], dtype=dt).reshape(e["shape"])
+        meta = header["meta"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"artifact {path} is malformed: {e}") from None
+    return meta, arrays, digest.hex()

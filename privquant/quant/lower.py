@@ -1,0 +1,200 @@
+"""Lower a calibrated QModel to the integer program (``privquant.program``).
+
+For a layer with input scale ``s_in`` and per-channel weight scale ``s_w``:
+``W_int = clip(round(W / s_w))``, ``bias_int = clip(round(b / (s_in * s_w)), +-bmax)``, and the
+accumulator's real value is ``acc * s_in * s_w``. Each activation quantizer becomes one
+``requant`` op ``clip(floor((sum_i m_i * x_i + 2^(k-1)) / 2^k), lo, hi)`` whose dyadic multipliers
+``m_i / 2^k`` approximate ``s_i / s_out`` (``s_i`` the real scale of input ``i``) with
+``p = bits_out + REQUANT_EXTRA_BITS`` significant bits: the approximation error stays below
+``2^-REQUANT_EXTRA_BITS`` of an output LSB inside the clip range.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from privquant.errors import PrivQuantError
+from privquant.program import Op, Program, TensorInfo, linear_bound, pair, requant_presum_bounds
+from privquant.quant.fakequant import INPUT_SCALE, QModel
+
+REQUANT_EXTRA_BITS = 10
+
+
+def dyadic(mults: list[np.ndarray], out_bits: int) -> tuple[list[np.ndarray], int]:
+    """Integers ``m_i`` and one shift ``k >= 1`` with ``m_i / 2^k ~= mults_i``."""
+    mmax = max(float(np.max(np.abs(m))) for m in mults)
+    if not np.isfinite(mmax) or mmax <= 0:
+        raise PrivQuantError("requantization multiplier is zero or not finite")
+    p = out_bits + REQUANT_EXTRA_BITS
+    k = max(1, p - 1 - math.floor(math.log2(mmax)))
+    return [np.round(np.asarray(m, np.float64) * 2.0**k).astype(np.int64) for m in mults], k
+
+
+def _i64(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.int64)
+
+
+@torch.no_grad()
+def lower(qm: QModel) -> Program:
+    """Build the integer program from a QModel in quant mode (after calibration / QAT)."""
+    g = qm.graph
+    ops: list[Op] = []
+    tensors: dict[str, TensorInfo] = {}
+    real: dict[str, np.ndarray] = {}  # real scale per tensor (scalar or per channel)
+    produced: dict[str, str] = {}  # QNode name -> tensor holding its (possibly quantized) value
+
+    def add_tensor(name, shape, lo, hi, scale=None):
+        tensors[name] = TensorInfo(name, tuple(int(s) for s in shape), int(lo), int(hi), scale)
+
+    def requant(node_name: str, inputs: list[str], shape) -> str:
+        qz = qm.quantizers[node_name]
+        s_out = float(qm.a_scale(node_name))
+        mults = [np.broadcast_to(real[t] / s_out, (shape[0],)).copy() for t in inputs]
+        ints, k = dyadic(mults, qz.bits)
+        lo, hi = qz.qmin, qz.qmax
+        if qz.relu6:
+            hi = min(hi, int(math.floor(6.0 / s_out + 0.5)))
+        arrays = {f"mult{i}": m for i, m in enumerate(ints)}
+        arrays["offset"] = _i64(np.full(shape[0], 1 << (k - 1)))
+        op = Op(
+            "requant",
+            node_name,
+            inputs,
+            node_name,
+            {"shift": k, "lo": lo, "hi": hi, "bits": qz.bits, "signed": qz.signed},
+            arrays,
+        )
+        tlo, thi = requant_presum_bounds(op, [tensors[t] for t in inputs])
+        op.attrs["t_lo"], op.attrs["t_hi"] = tlo, thi
+        ops.append(op)
+        add_tensor(node_name, shape, lo, hi, s_out)
+        real[node_name] = np.asarray(s_out)
+        return node_name
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    x_probe = torch.zeros((1, *g.input_shape))
+    for n in g.nodes:
+        if n.kind == "input":
+            ops.append(Op("input", "input", [], "input", {"bits": 8}))
+            add_tensor("input", g.input_shape, 0, 255, INPUT_SCALE)
+            real["input"] = np.asarray(INPUT_SCALE)
+            produced["input"] = "input"
+            shapes["input"] = tuple(g.input_shape)
+            continue
+        if n.kind == "output":
+            src = produced[n.inputs[0]]
+            ops.append(Op("output", "output", [src], "logits"))
+            t = tensors[src]
+            scale = real[src]
+            if np.ndim(scale) and np.ptp(scale) > 0:
+                raise PrivQuantError("logit layer must have a per-tensor scale")
+            add_tensor("logits", t.shape, t.lo, t.hi, float(np.ravel(scale)[0]))
+            continue
+        ins = [produced[i] for i in n.inputs]
+        if n.kind in ("conv", "linear"):
+            xin = tensors[ins[0]]
+            if xin.scale is None:
+                raise PrivQuantError(f"layer {n.name!r} reads an unquantized accumulator")
+            wb = qm.w_bits[n.name]
+            # same float expressions as QModel.qweight / qbias, so integers match exactly
+            w_int, b_int = qm.int_params(n.name, torch.as_tensor(xin.scale, dtype=torch.float32))
+            s_acc = (xin.scale * qm.w_scale(n.name).double().numpy()).reshape(-1)
+            s_acc = np.broadcast_to(s_acc, (w_int.shape[0],))
+            attrs = {"w_bits": wb}
+            if n.kind == "conv":
+                attrs.update(
+                    stride=list(pair(n.attrs["stride"])),
+                    padding=list(pair(n.attrs["padding"])),
+                    groups=int(n.attrs["groups"]),
+                )
+            op = Op(
+                "conv2d" if n.kind == "conv" else "linear",
+                n.name,
+                ins,
+                f"{n.name}:acc",
+                attrs,
+                {"weight": w_int.numpy().astype(np.int8)},
+            )
+            bmax = linear_bound(op, xin)
+            op.arrays["bias"] = _i64(np.clip(b_int.double().numpy(), -bmax, bmax))
+            ops.append(op)
+            if n.kind == "conv":
+                a = n.attrs
+                y = torch.nn.functional.conv2d(
+                    torch.zeros((1, *xin.shape)),
+                    torch.zeros(w_int.shape),
+                    None,
+                    a["stride"],
+                    a["padding"],
+                    1,
+                    a["groups"],
+                )
+                shape = tuple(y.shape[1:])
+            else:
+                shape = (w_int.shape[0],)
+            add_tensor(op.output, shape, -2 * bmax, 2 * bmax)
+            real[op.output] = s_acc if n.name != qm.final else np.asarray(s_acc[0])
+            out = op.output
+            if n.name in qm.quantizers:
+                out = requant(n.name, [op.output], shape)
+        elif n.kind == "add":
+            if tensors[ins[0]].shape != tensors[ins[1]].shape:
+                raise PrivQuantError(f"add {n.name!r}: shapes differ")
+            out = requant(n.name, ins, tensors[ins[0]].shape)
+        elif n.kind == "avgpool":
+            xin = tensors[ins[0]]
+            c, h, wd = xin.shape
+            if n.attrs.get("global"):
+                kern, stride, pad = (h, wd), (h, wd), (0, 0)
+            else:
+                kern, stride, pad = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+            window = kern[0] * kern[1]
+            oh = (h + 2 * pad[0] - kern[0]) // stride[0] + 1
+            ow = (wd + 2 * pad[1] - kern[1]) // stride[1] + 1
+            sp = Op(
+                "sumpool",
+                n.name,
+                ins,
+                f"{n.name}:sum",
+                {"kernel": list(kern), "stride": list(stride), "padding": list(pad)},
+            )
+            ops.append(sp)
+            add_tensor(sp.output, (c, oh, ow), window * min(xin.lo, 0), window * max(xin.hi, 0))
+            real[sp.output] = np.asarray(real[ins[0]] / window)
+            out = requant(n.name, [sp.output], (c, oh, ow))
+        elif n.kind == "maxpool":
+            xin = tensors[ins[0]]
+            c, h, wd = xin.shape
+            kern, stride, pad = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
+            oh = (h + 2 * pad[0] - kern[0]) // stride[0] + 1
+            ow = (wd + 2 * pad[1] - kern[1]) // stride[1] + 1
+            op = Op(
+                "maxpool",
+                n.name,
+                ins,
+                n.name,
+                {"kernel": list(kern), "stride": list(stride), "padding": list(pad)},
+            )
+            ops.append(op)
+            add_tensor(n.name, (c, oh, ow), xin.lo, xin.hi, xin.scale)
+            real[n.name] = real[ins[0]]
+            out = n.name
+        elif n.kind == "flatten":
+            xin = tensors[ins[0]]
+            op = Op("flatten", n.name, ins, n.name)
+            ops.append(op)
+            add_tensor(n.name, (int(np.prod(xin.shape)),), xin.lo, xin.hi, xin.scale)
+            sc = real[ins[0]]
+            real[n.name] = sc if np.ndim(sc) == 0 else np.repeat(sc, np.prod(xin.shape[1:]))
+            out = n.name
+        else:
+            raise PrivQuantError(f"cannot lower node kind {n.kind!r}")
+        produced[n.name] = out
+        shapes[n.name] = tensors[out].shape
+    del x_probe
+    prog = Program(g.model, ops, tensors, {})
+    prog.validate()
+    return prog

@@ -1,0 +1,257 @@
+"""QuantizedModel: what ``privquant.quantize`` returns and what a ``.pq`` artifact holds.
+
+It keeps the normalized float graph (the FP32 reference, BN folded), the fine-tuned fake-quant
+state, the bit assignment and the lowered integer program, so one file can report FP32,
+fake-quant and integer-program accuracy on the same images and be served privately.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from privquant import __version__
+from privquant.artifact import read_container, write_container
+from privquant.errors import ArtifactError, PrivQuantError
+from privquant.program import Op, Program, TensorInfo, output_logits, run_plain
+from privquant.quant.calibrate import calibrate, qat
+from privquant.quant.fakequant import QModel
+from privquant.quant.graph import QGraph, QNode, capture
+from privquant.quant.lower import lower
+from privquant.quant.spec import BitAssignment, LayerBits, parse_bits
+
+
+@dataclass
+class QuantizedModel:
+    graph: QGraph
+    bits: BitAssignment
+    qstate: dict[str, torch.Tensor]
+    program: Program
+    info: dict = field(default_factory=dict)
+    content_hash: str | None = None
+
+    @property
+    def model(self) -> str:
+        return self.graph.model
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.graph.input_shape)
+
+    def architecture_hash(self) -> str:
+        return self.program.architecture_hash()
+
+    # ------------------------------------------------------------------ models
+    def qmodel(self, mode: str = "quant") -> QModel:
+        """The fake-quant model (``mode="quant"``) or the FP32 reference (``mode="float"``)."""
+        qm = QModel(self.graph, self.bits)
+        if mode == "quant":
+            qm.load_state_dict(self.qstate)
+        qm.mode = mode
+        return qm.eval()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict_int(self, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+        return torch.cat(
+            [
+                run_plain(self.program, images[i : i + batch_size])
+                for i in range(0, len(images), batch_size)
+            ]
+        )
+
+    @torch.no_grad()
+    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
+        """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images."""
+        if len(images) != len(labels) or len(images) == 0:
+            raise PrivQuantError("evaluate needs the same non-zero number of images and labels")
+        fp, fq = self.qmodel("float"), self.qmodel("quant")
+        hits = {"fp32": 0, "fakequant": 0, "int": 0}
+        agree = 0
+        for i in range(0, len(images), batch_size):
+            x, y = images[i : i + batch_size], labels[i : i + batch_size]
+            xf = x.float() / 255.0
+            p_fp = fp(xf).argmax(1)
+            p_fq = fq(xf).argmax(1)
+            p_int = output_logits(self.program, run_plain(self.program, x)).argmax(1)
+            hits["fp32"] += int((p_fp == y).sum())
+            hits["fakequant"] += int((p_fq == y).sum())
+            hits["int"] += int((p_int == y).sum())
+            agree += int((p_fq == p_int).sum())
+        n = len(images)
+        return {
+            "n": n,
+            **{f"{k}_top1": 100.0 * v / n for k, v in hits.items()},
+            "fakequant_int_agreement": 100.0 * agree / n,
+        }
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> str:
+        meta, arrays = self._to_container()
+        self.content_hash = write_container(path, meta, arrays)
+        return self.content_hash
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantizedModel:
+        meta, arrays, digest = read_container(path)
+        try:
+            obj = cls._from_container(meta, arrays)
+        except ArtifactError:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise ArtifactError(f"artifact {path} is malformed: {e!r}") from None
+        obj.content_hash = digest
+        return obj
+
+    def _to_container(self) -> tuple[dict, dict[str, np.ndarray]]:
+        arrays: dict[str, np.ndarray] = {}
+        nodes = []
+        for n in self.graph.nodes:
+            nodes.append(
+                {"name": n.name, "kind": n.kind, "inputs": n.inputs, "act": n.act, "attrs": n.attrs}
+            )
+            if n.weight is not None:
+                arrays[f"graph/{n.name}/weight"] = n.weight.numpy()
+                arrays[f"graph/{n.name}/bias"] = n.bias.numpy()
+        for k, v in self.qstate.items():
+            arrays[f"qstate/{k}"] = v.detach().numpy()
+        ops = []
+        for i, op in enumerate(self.program.ops):
+            ops.append(
+                {
+                    "kind": op.kind,
+                    "name": op.name,
+                    "inputs": op.inputs,
+                    "output": op.output,
+                    "attrs": op.attrs,
+                    "arrays": sorted(op.arrays),
+                }
+            )
+            for k, a in op.arrays.items():
+                arrays[f"program/{i}/{k}"] = a
+        tensors = {
+            n: {"shape": list(t.shape), "lo": t.lo, "hi": t.hi, "scale": t.scale}
+            for n, t in self.program.tensors.items()
+        }
+        meta = {
+            "format": 1,
+            "privquant_version": __version__,
+            "model": self.model,
+            "input_shape": list(self.input_shape),
+            "bits": self.bits.to_dict(),
+            "graph": nodes,
+            "qstate": sorted(self.qstate),
+            "program": {"ops": ops, "tensors": tensors, "meta": self.program.meta},
+            "info": self.info,
+        }
+        return meta, arrays
+
+    @classmethod
+    def _from_container(cls, meta: dict, arrays: dict[str, np.ndarray]) -> QuantizedModel:
+        if meta.get("format") != 1:
+            raise ArtifactError(f"unsupported artifact format {meta.get('format')!r}")
+
+        def t(name):
+            return torch.from_numpy(np.array(arrays[name]))
+
+        nodes = []
+        for d in meta["graph"]:
+            w = t(f"graph/{d['name']}/weight") if f"graph/{d['name']}/weight" in arrays else None
+            b = t(f"graph/{d['name']}/bias") if w is not None else None
+            nodes.append(QNode(d["name"], d["kind"], list(d["inputs"]), d["act"], d["attrs"], w, b))
+        graph = QGraph(meta["model"], tuple(meta["input_shape"]), nodes)
+        bits = BitAssignment.from_dict(meta["bits"])
+        qstate = {k: t(f"qstate/{k}") for k in meta["qstate"]}
+        p = meta["program"]
+        ops = [
+            Op(
+                o["kind"],
+                o["name"],
+                list(o["inputs"]),
+                o["output"],
+                o["attrs"],
+                {k: np.array(arrays[f"program/{i}/{k}"]) for k in o["arrays"]},
+            )
+            for i, o in enumerate(p["ops"])
+        ]
+        tensors = {
+            n: TensorInfo(n, tuple(v["shape"]), int(v["lo"]), int(v["hi"]), v["scale"])
+            for n, v in p["tensors"].items()
+        }
+        program = Program(meta["model"], ops, tensors, p.get("meta", {}))
+        program.validate()
+        obj = cls(graph, bits, qstate, program, meta.get("info", {}))
+        obj.qmodel("quant")  # checks that the state matches the graph
+        return obj
+
+
+def _as_assignment(bits) -> BitAssignment:
+    if isinstance(bits, BitAssignment):
+        return bits
+    if isinstance(bits, LayerBits):
+        return BitAssignment(default=bits)
+    if isinstance(bits, str):
+        return BitAssignment(default=parse_bits(bits))
+    raise PrivQuantError(f"bits must be 'wXaY', LayerBits or BitAssignment, not {type(bits)}")
+
+
+def quantize(
+    model: nn.Module | str,
+    calib_images: torch.Tensor,
+    bits: str | LayerBits | BitAssignment = "w8a8",
+    *,
+    name: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+    train_images: torch.Tensor | None = None,
+    train_labels: torch.Tensor | None = None,
+    qat_epochs: int = 0,
+    qat_lr: float = 1e-4,
+    progress: bool = True,
+) -> QuantizedModel:
+    """Quantize a float model (or a model name with shipped weights) for private serving.
+
+    ``calib_images``: uint8 (N, C, H, W) calibration batch (128 images suffice). With
+    ``qat_epochs > 0`` the fake-quant model is fine-tuned on ``train_images/labels`` (uint8).
+    """
+    from privquant import models
+
+    if isinstance(model, str):
+        name = name or model
+        input_shape = input_shape or models.input_shape(model)
+        model = models.load_reference(model)
+    if name is None:
+        name = type(model).__name__.lower()
+    if input_shape is None:
+        input_shape = tuple(calib_images.shape[1:])
+    calib_images = torch.as_tensor(calib_images)
+    if calib_images.dtype != torch.uint8 or tuple(calib_images.shape[1:]) != tuple(input_shape):
+        raise PrivQuantError(
+            f"calibration images must be uint8 of shape (N, {', '.join(map(str, input_shape))})"
+        )
+    assignment = _as_assignment(bits)
+    t0 = time.perf_counter()
+    graph = capture(model, name, tuple(input_shape))
+    qm = QModel(graph, assignment)
+    calibrate(qm, calib_images)
+    info: dict = {"calibration_images": len(calib_images), "qat_epochs": 0}
+    if qat_epochs > 0:
+        if train_images is None or train_labels is None:
+            raise PrivQuantError("QAT needs training images and labels")
+        qat(qm, train_images, train_labels, epochs=qat_epochs, lr=qat_lr, progress=progress)
+        info.update(qat_epochs=qat_epochs, qat_images=len(train_images), qat_lr=qat_lr)
+    qm.eval()
+    program = lower(qm)
+    program.meta.update(bits=assignment.to_dict())
+    info["seconds"] = round(time.perf_counter() - t0, 2)
+    state = {k: v.detach().clone() for k, v in qm.state_dict().items()}
+    return QuantizedModel(graph, assignment, state, program, info)
+
+
+def load(path: str | Path) -> QuantizedModel:
+    """Load a ``.pq`` artifact (verified, pickle-free)."""
+    return QuantizedModel.load(path)
