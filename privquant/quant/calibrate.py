@@ -17,7 +17,7 @@ from tqdm import tqdm
 from privquant.quant.fakequant import QModel, _key, weight_qmax
 
 RATIOS = torch.linspace(0.3, 1.0, 36)
-MAX_CALIB_VALUES = 1 << 20
+MAX_CALIB_VALUES = 1 << 16
 
 
 def _mse_scale(x: torch.Tensor, amax: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
@@ -43,19 +43,19 @@ def calibrate(qm: QModel, images: torch.Tensor, batch_size: int = 128) -> None:
         qmax = weight_qmax(qm.w_bits[n.name])
         amax = rows.abs().amax(1).clamp_min(1e-8)
         qm.w_scales[_key(n.name)].copy_(_mse_scale(rows, amax, -qmax, qmax))
-    # activations: in order, each quantizer sees the already-quantized upstream values
+    # activations: one pass; each quantizer is set when reached, after all upstream ones
     qm.mode = "quant"
-    x = images[:batch_size].float() / 255.0
-    done: set[str] = set()
-    for name, qz in qm.quantizers.items():
-        v = qm(x, stop_at=name, enabled=done).flatten()
+    gen = torch.Generator().manual_seed(0)
+
+    def set_scale(name: str, y: torch.Tensor) -> None:
+        qz = qm.quantizers[name]
+        v = y.detach().flatten()
         if v.numel() > MAX_CALIB_VALUES:
-            idx = torch.randperm(v.numel(), generator=torch.Generator().manual_seed(0))
-            v = v[idx[:MAX_CALIB_VALUES]]
+            v = v[torch.randint(0, v.numel(), (MAX_CALIB_VALUES,), generator=gen)]
         amax = (v.abs().max() if qz.signed else v.clamp_min(0).max()).clamp_min(1e-6)
-        s = _mse_scale(v[None, :], amax.reshape(1), qz.qmin, qz.qmax)[0]
-        qm.a_scales[_key(name)].copy_(s)
-        done.add(name)
+        qm.a_scales[_key(name)].copy_(_mse_scale(v[None, :], amax.reshape(1), qz.qmin, qz.qmax)[0])
+
+    qm(images[:batch_size].float() / 255.0, on_quantizer=set_scale)
 
 
 def qat(

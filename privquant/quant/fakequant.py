@@ -169,13 +169,14 @@ class QModel(nn.Module):
         x: torch.Tensor,
         record: dict | None = None,
         stop_at: str | None = None,
-        enabled: set[str] | None = None,
+        on_quantizer=None,
     ) -> torch.Tensor:
         """Logits for float input ``x`` (uint8 / 255).
 
         ``record`` receives the integer value of every quantized tensor; ``stop_at`` returns the
-        named node's value before its quantizer; ``enabled`` restricts which activation
-        quantizers apply (calibration enables them one by one).
+        named node's value before its quantizer; ``on_quantizer(name, value)`` is called with each
+        quantizer's input just before it applies (calibration sets the step size there, so every
+        quantizer sees already-quantized upstream values in one pass).
         """
         quant = self.mode == "quant"
         env: dict[str, torch.Tensor] = {}
@@ -222,7 +223,9 @@ class QModel(nn.Module):
                     scale[n.name] = scale[n.inputs[0]]
                 if n.name == stop_at:
                     return y
-                if quant and n.name in self.quantizers and (enabled is None or n.name in enabled):
+                if quant and n.name in self.quantizers:
+                    if on_quantizer is not None:
+                        on_quantizer(n.name, y)
                     qz = self.quantizers[n.name]
                     s = self.a_scale(n.name)
                     y = lsq(y, s, qz.qmin, qz.qmax)

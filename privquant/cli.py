@@ -1,0 +1,223 @@
+"""``privquant`` command line: a thin layer over the Python API.
+
+Every command that reports also takes ``--json`` and then prints exactly one JSON object on
+stdout. Errors a user can cause end in one line ``privquant: error: ...`` on stderr and exit
+status 2 (never a traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from privquant.errors import PrivQuantError
+
+EXIT_USER_ERROR = 2
+
+
+def _emit(args, result: dict, text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(result, sort_keys=True))
+    else:
+        print(text)
+
+
+def _load_images(data: str, split: str, limit: int | None):
+    from privquant.models.data import load_dataset
+
+    return load_dataset(data, split=split, limit=limit)
+
+
+def _calibration_images(n: int):
+    """Training-split images for calibration: the full package if present, else the shipped set."""
+    from privquant.models.calibration import load_calibration
+
+    return load_calibration(n)
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_train(args) -> None:
+    import torch
+
+    from privquant import models
+    from privquant.models.train import train
+
+    model = models.build_model(args.model)
+    if tuple(models.input_shape(args.model)) != (1, 28, 28):
+        raise PrivQuantError(f"{args.model} is CIFAR-shaped; only Fashion-MNIST models train here")
+    res = train(
+        model,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
+        progress=not args.json,
+    )
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise PrivQuantError(f"output directory does not exist: {out.parent}")
+    torch.save(model.state_dict(), out)
+    res = {"model": args.model, "out": str(out), **res}
+    _emit(args, res, f"trained {args.model}: test top-1 {res['test_top1']:.2f}% -> {out}")
+
+
+def cmd_quantize(args) -> None:
+    import torch
+
+    import privquant
+    from privquant import models
+    from privquant.quant.spec import BitAssignment, parse_bits
+
+    if (args.bits is None) == (args.assignment is None):
+        raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
+    bits = parse_bits(args.bits) if args.bits else BitAssignment.load(args.assignment)
+    if args.weights:
+        model = models.build_model(args.model)
+        wpath = Path(args.weights)
+        if not wpath.is_file():
+            raise PrivQuantError(f"weights file not found: {wpath}")
+        try:
+            state = torch.load(wpath, weights_only=True, map_location="cpu")
+            model.load_state_dict(state)
+        except Exception as e:  # torch raises many types for a bad checkpoint
+            raise PrivQuantError(f"cannot load weights {wpath}: {str(e).splitlines()[0]}") from None
+    elif models.reference_weights_path(args.model) is not None:
+        model = models.load_reference(args.model)
+    else:
+        torch.manual_seed(args.seed)
+        model = models.build_model(args.model)
+        _randomize_bn(model, args.seed)
+    shape = models.input_shape(args.model)
+    if shape == (1, 28, 28):
+        calib = _calibration_images(args.calib)
+    else:
+        gen = torch.Generator().manual_seed(args.seed)
+        calib = torch.randint(0, 256, (args.calib, *shape), dtype=torch.uint8, generator=gen)
+    train_x = train_y = None
+    if args.qat_epochs > 0:
+        train_x, train_y = _load_images("fashion-mnist", "train", args.qat_limit)
+    art = privquant.quantize(
+        model,
+        calib,
+        bits,
+        name=args.model,
+        input_shape=shape,
+        train_images=train_x,
+        train_labels=train_y,
+        qat_epochs=args.qat_epochs,
+        qat_lr=args.qat_lr,
+        progress=not args.json,
+    )
+    digest = art.save(args.out)
+    res = {
+        "model": args.model,
+        "out": str(args.out),
+        "content_hash": digest,
+        "architecture_hash": art.architecture_hash(),
+        "bits": art.bits.to_dict(),
+        **art.info,
+    }
+    _emit(
+        args,
+        res,
+        f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}  [sha256 {digest[:16]}]",
+    )
+
+
+def _randomize_bn(model, seed: int) -> None:
+    """Random-weight models: give BatchNorm non-trivial statistics so folding is exercised."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    model.eval()
+
+
+def _bits_text(bits) -> str:
+    if not bits.layers and bits.default is not None:
+        return bits.default.tag()
+    return f"mixed, {len(bits.layers)} layers"
+
+
+def cmd_eval(args) -> None:
+    import privquant
+
+    art = privquant.load(args.artifact)
+    if tuple(art.input_shape) != (1, 28, 28):
+        raise PrivQuantError(f"{art.model} takes {art.input_shape} inputs; no such dataset here")
+    images, labels = _load_images(args.data, "test", args.limit)
+    res = {"model": art.model, "data": args.data, **art.evaluate(images, labels)}
+    _emit(
+        args,
+        res,
+        f"{art.model} on {res['n']} {args.data} test images: FP32 {res['fp32_top1']:.2f}%  "
+        f"fake-quant {res['fakequant_top1']:.2f}%  integer program {res['int_top1']:.2f}%",
+    )
+
+
+# ---------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privquant", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a Fashion-MNIST model (FP32)")
+    t.add_argument("--model", required=True)
+    t.add_argument("--data", default="fashion-mnist", choices=["fashion-mnist"])
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--limit", type=int, default=None, help="use only the first N train images")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", required=True)
+    t.add_argument("--json", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("quantize", help="quantize a model into a .pq artifact")
+    q.add_argument("--model", required=True)
+    q.add_argument("--weights", help="state_dict (.pt); default: the shipped reference weights")
+    q.add_argument("--bits", help="uniform bit widths, e.g. w4a4")
+    q.add_argument("--assignment", help="per-layer bit assignment JSON (from privquant search)")
+    q.add_argument("--calib", type=int, default=256, help="calibration images")
+    q.add_argument("--qat-epochs", type=int, default=0, help="QAT fine-tuning epochs")
+    q.add_argument("--qat-lr", type=float, default=1e-4)
+    q.add_argument("--qat-limit", type=int, default=None, help="QAT on the first N train images")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_quantize)
+
+    e = sub.add_parser("eval", help="FP32 / fake-quant / integer-program top-1 of an artifact")
+    e.add_argument("artifact")
+    e.add_argument(
+        "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
+    )
+    e.add_argument("--limit", type=int, default=None)
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except PrivQuantError as e:
+        print(f"privquant: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("privquant: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
