@@ -127,21 +127,16 @@ class Program:
 
     # ------------------------------------------------------------------ hashing
     def public_dict(self) -> dict:
-        """Everything public: op kinds, names, wiring, attrs, shapes, bounds, public arrays.
-
-        Secret arrays (weights, biases) appear only as shape and dtype.
+        """Everything public: op kinds, names, wiring, attrs (incl. weight shapes), tensor shapes,
+        bounds and scales, public arrays (multipliers, offsets). Weights and biases are left out.
         """
         ops = []
         for op in self.ops:
-            arrays = {}
-            for k, a in sorted(op.arrays.items()):
-                if k in op.secret_arrays:
-                    arrays[k] = {"shape": list(a.shape), "dtype": str(a.dtype)}
-                else:
-                    arrays[k] = {
-                        "values": a.astype(np.int64).ravel().tolist(),
-                        "shape": list(a.shape),
-                    }
+            arrays = {
+                k: {"values": a.astype(np.int64).ravel().tolist(), "shape": list(a.shape)}
+                for k, a in sorted(op.arrays.items())
+                if k not in op.secret_arrays
+            }
             ops.append(
                 {
                     "kind": op.kind,
@@ -157,6 +152,38 @@ class Program:
             for n, t in sorted(self.tensors.items())
         }
         return {"model": self.model, "ops": ops, "tensors": tensors}
+
+    @classmethod
+    def from_public_dict(cls, d: dict) -> Program:
+        """The weight-free program a client or dealer works from (no secret arrays)."""
+        try:
+            ops = [
+                Op(
+                    o["kind"],
+                    o["name"],
+                    list(o["inputs"]),
+                    o["output"],
+                    dict(o["attrs"]),
+                    {
+                        k: np.asarray(v["values"], dtype=np.int64).reshape(v["shape"])
+                        for k, v in o["arrays"].items()
+                    },
+                )
+                for o in d["ops"]
+            ]
+            tensors = {
+                n: TensorInfo(n, tuple(v["shape"]), int(v["lo"]), int(v["hi"]), v["scale"])
+                for n, v in d["tensors"].items()
+            }
+            prog = cls(str(d["model"]), ops, tensors, {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise PrivQuantError(f"malformed public program: {e!r}") from None
+        prog.validate()
+        return prog
+
+    @property
+    def has_weights(self) -> bool:
+        return all("weight" in op.arrays for op in self.ops if op.kind in ("conv2d", "linear"))
 
     def architecture_hash(self) -> str:
         """SHA-256 of :meth:`public_dict`: what server and client compare before any secret moves."""
@@ -180,6 +207,9 @@ class Program:
                 raise PrivQuantError(f"op {op.name!r} writes unknown tensor {op.output!r}")
             seen.add(op.output)
         for op in self.ops:
+            w = op.arrays.get("weight")
+            if w is not None and list(w.shape) != list(op.attrs.get("weight_shape", [])):
+                raise PrivQuantError(f"op {op.name!r}: weight shape differs from its declaration")
             for k, a in op.arrays.items():
                 if a.dtype.kind not in "iu":
                     raise PrivQuantError(f"op {op.name!r}: array {k!r} is not integer")
@@ -200,7 +230,7 @@ def conv_out_hw(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
 def fan_in(op: Op) -> int:
     """K: number of products summed per linear output (weights per output channel)."""
     if op.kind in ("conv2d", "linear"):
-        return int(np.prod(op.arrays["weight"].shape[1:]))
+        return int(np.prod(op.attrs["weight_shape"][1:]))
     raise ValueError(op.kind)
 
 

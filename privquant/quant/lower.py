@@ -103,7 +103,7 @@ def lower(qm: QModel) -> Program:
             w_int, b_int = qm.int_params(n.name, torch.as_tensor(xin.scale, dtype=torch.float32))
             s_acc = (xin.scale * qm.w_scale(n.name).double().numpy()).reshape(-1)
             s_acc = np.broadcast_to(s_acc, (w_int.shape[0],))
-            attrs = {"w_bits": wb}
+            attrs = {"w_bits": wb, "weight_shape": list(w_int.shape)}
             if n.kind == "conv":
                 attrs.update(
                     stride=list(pair(n.attrs["stride"])),
