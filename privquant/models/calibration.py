@@ -25,7 +25,7 @@ def calibration_indices(n_train: int = 60000) -> torch.Tensor:
 
 
 def load_calibration(n: int = 256) -> torch.Tensor:
-    """``n`` uint8 training images (1, 28, 28) for calibration (n <= SHIPPED without the package)."""
+    """``n`` uint8 training images (1, 28, 28); at most SHIPPED without the Debian package."""
     if n < 1:
         raise DataError("need at least one calibration image")
     try:
