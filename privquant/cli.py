@@ -163,6 +163,103 @@ def cmd_eval(args) -> None:
     )
 
 
+def _client_inputs(args, shape=None):
+    import numpy as np
+    import torch
+
+    from privquant.launch import load_inputs
+
+    if args.input is not None:
+        path = Path(args.input)
+        if not path.is_file():
+            raise PrivQuantError(f"input file not found: {path}")
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except (ValueError, OSError) as e:
+            raise PrivQuantError(f"cannot read input batch {path}: {e}") from None
+    if getattr(args, "random", None):
+        if shape is None:
+            raise PrivQuantError("--random needs the model's input shape (use infer)")
+        gen = torch.Generator().manual_seed(args.seed)
+        return torch.randint(0, 256, (args.random, *shape), dtype=torch.uint8, generator=gen)
+    return load_inputs(shape, image=args.image, index=args.index, batch=args.batch, data=args.data)
+
+
+def cmd_infer(args) -> None:
+    import privquant
+    from privquant.launch import infer_local
+
+    art = privquant.load(args.artifact)
+    x = _client_inputs(args, art.input_shape)
+    res = infer_local(
+        args.artifact, x, backend=args.backend, timeout=args.timeout, progress=not args.json
+    )
+    rep = res.pop("report")
+    res["comm"] = rep.as_dict()
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+        return
+    t = rep.total
+    n = res["n"]
+    print(rep.table())
+    print()
+    print(f"model {res['model']}, {n} image(s), preprocessing: {rep.preprocessing}")
+    print(f"label(s):           {res['labels']}")
+    print(f"plaintext label(s): {res['plain_labels']}")
+    print(f"logits identical to the plaintext integer program: {res['identical']}")
+    print(
+        f"per image: online {t['online_bits'] / 8e6 / n:.4f} MB, offline "
+        f"{t['offline_bits'] / 8e6 / n:.4f} MB; setup (once per model load) "
+        f"{t['setup_bits'] / 8e6:.4f} MB; {t['rounds']} online rounds"
+    )
+    print(f"measured traffic equals declared cost(): {rep.all_match}")
+    print(
+        f"wall time {rep.seconds['wall']:.2f} s (client online "
+        f"{rep.seconds.get('client_online', 0):.2f} s)"
+    )
+
+
+def cmd_serve(args) -> None:
+    import privquant
+    from privquant.serving import serve
+
+    art = privquant.load(args.artifact)
+    res = serve(art.program, args.rendezvous, timeout=args.timeout, backend=args.backend)
+    _emit(
+        args,
+        res,
+        f"served one private inference of {art.model} (batch {res['batch']}); "
+        f"sent {res['stats']['online_bits'] / 8e6:.4f} MB online",
+    )
+
+
+def cmd_dealer(args) -> None:
+    from privquant.serving import dealer
+
+    res = dealer(args.rendezvous, timeout=args.timeout, backend=args.backend)
+    _emit(
+        args,
+        res,
+        f"dealt one inference (batch {res['batch']}); sent "
+        f"{res['stats']['offline_bits'] / 8e6:.4f} MB offline",
+    )
+
+
+def cmd_client(args) -> None:
+    from privquant.serving import client
+
+    x = _client_inputs(args)
+    res = client(
+        x,
+        args.rendezvous,
+        expect_hash=args.expect_hash,
+        timeout=args.timeout,
+        backend=args.backend,
+        progress=args.progress and not args.json,
+    )
+    _emit(args, res, f"label(s): {res['labels']}")
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privquant", description=__doc__.splitlines()[0])
@@ -202,6 +299,56 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
+
+    def party_opts(sp, rendezvous_required=True):
+        if rendezvous_required:
+            sp.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT of the server")
+        sp.add_argument(
+            "--timeout",
+            type=float,
+            default=60.0,
+            help="seconds to wait for a peer before giving up",
+        )
+        sp.add_argument(
+            "--backend", default="privquant", choices=["privquant", "privquant-unfused"]
+        )
+        sp.add_argument("--json", action="store_true")
+
+    def input_opts(sp):
+        g = sp.add_mutually_exclusive_group()
+        g.add_argument("--image", help="one image: .png or .npy (uint8)")
+        g.add_argument("--input", help="a batch as .npy, uint8 (N, C, H, W)")
+        g.add_argument("--index", type=int, help="first test image index in --data")
+        sp.add_argument("--batch", type=int, default=1)
+        sp.add_argument(
+            "--data",
+            default="fashion-mnist-sample",
+            choices=["fashion-mnist", "fashion-mnist-sample"],
+        )
+
+    i = sub.add_parser("infer", help="private inference with all parties on this machine")
+    i.add_argument("artifact")
+    input_opts(i)
+    i.add_argument("--random", type=int, metavar="N", help="N random images (CIFAR models)")
+    i.add_argument("--seed", type=int, default=0)
+    party_opts(i, rendezvous_required=False)
+    i.set_defaults(func=cmd_infer)
+
+    sv = sub.add_parser("serve", help="server role: holds the model")
+    sv.add_argument("artifact")
+    party_opts(sv)
+    sv.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("client", help="client role: holds the input, learns the prediction")
+    input_opts(c)
+    c.add_argument("--expect-hash", help="architecture hash the server's model must have")
+    c.add_argument("--progress", action="store_true")
+    party_opts(c)
+    c.set_defaults(func=cmd_client)
+
+    d = sub.add_parser("dealer", help="dealer role: correlated randomness (CrypTen's TTP slot)")
+    party_opts(d)
+    d.set_defaults(func=cmd_dealer)
     return p
 
 
