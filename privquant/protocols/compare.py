@@ -1,0 +1,410 @@
+"""Secret-vs-public comparison: ``[C < r]`` for public ``C`` and a dealer mask ``r`` held as XOR
+shares of its bits, by a log-depth prefix circuit (the standard carry / "lt-eq" tree used for
+comparisons of a masked opening, e.g. in ABY and SecureNN; sharing the low block between
+thresholds follows Rabbit, Makri et al. 2021).
+
+Leaves (local, no communication), for bit position ``i`` with public ``c_i`` and shared ``r_i``::
+
+    lt_i = (not c_i) and r_i        eq_i = not (c_i xor r_i)
+
+Combine a higher block with the block below it, one AND per output, all ANDs of a level (over
+all trees, jobs and groups) in ONE exchange::
+
+    (lt, eq) = (lt_hi xor (eq_hi and lt_lo),  eq_hi and eq_lo)
+
+``eq`` is computed only where it is needed later (a node that is the higher operand of a combine,
+or on the path of a root whose ``eq`` is wanted).
+
+A :class:`Group` is a set of comparisons against the *same* mask ``r``: a shared low block of
+``low`` bits (positions ``0..low-1``, the same public bits for every job -- e.g. the low ``k``
+bits of thresholds that are multiples of ``2^k``) computed ONCE, and per job a high block of
+``widths[j]`` bits (positions ``low..low+widths[j]-1``), joined with the low root at the end:
+``lt = lt_hi xor (eq_hi and lt_low)``.
+
+AND gates (Beaver for bits with dealer triples), with one refinement: a level's gates are given
+as pairs of *operands*, and each distinct operand is opened once, masked by its own dealer bit
+``a_i`` (``d_i = x_i xor a_i``, 1 bit per party); gate ``(i, j)`` then needs the dealer's
+``c_ij = a_i and a_j`` (XOR-shared, P1's share by correction) and yields
+``z = c_ij xor (d_i and a_j) xor (d_j and a_i) xor [P0](d_i and d_j)``. A plain triple is the case
+of two operands used once (4 online bits per AND); ``eq_hi`` feeds both gates of a combine and
+the low root ``b`` feeds every join, so those gates share an opening (3 operands for 2 gates).
+Reusing a mask for one opened value reveals nothing new.
+
+Cost, with ``U`` = operand openings and ``G`` = AND gates summed over levels and elements::
+
+    online = 2*U bits, offline = G bits, rounds = D
+    D = max over groups of  max(ceil(log2 low), max_j ceil(log2 widths[j]))
+                            + [low > 0 and some job has width > 0]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+from privquant.protocols import ring
+from privquant.protocols.base import Protocol
+from privquant.protocols.channel import SERVER, Party
+from privquant.protocols.cost import Cost
+from privquant.protocols.dealer import Correlations
+
+
+def depth(m: int) -> int:
+    """Levels of a binary combine tree over ``m >= 1`` leaves: ``ceil(log2 m)``."""
+    return math.ceil(math.log2(m)) if m > 1 else 0
+
+
+@dataclass(frozen=True)
+class TreePlan:
+    """Shape of one combine tree over ``m`` leaves (LSB first) and where ``eq`` is needed."""
+
+    m: int
+    root_eq: bool
+
+    @cached_property
+    def sizes(self) -> tuple[int, ...]:
+        s = [self.m]
+        while s[-1] > 1:
+            s.append((s[-1] + 1) // 2)
+        return tuple(s)
+
+    @property
+    def depth(self) -> int:
+        return len(self.sizes) - 1
+
+    @cached_property
+    def eq_parents(self) -> tuple[tuple[int, ...], ...]:
+        """Per level ``l``: indices of combined parents (at level l+1) whose ``eq`` is computed."""
+        sizes = self.sizes
+        need = [self.root_eq]  # need-eq of the nodes at the current (upper) level
+        out = []
+        for lvl in range(self.depth - 1, -1, -1):
+            pairs = sizes[lvl] // 2
+            out.append(tuple(p for p in range(pairs) if need[p]))
+            below = [False] * sizes[lvl]
+            for p in range(sizes[lvl + 1]):
+                if p < pairs:
+                    below[2 * p + 1] = True
+                below[2 * p] = need[p]
+            need = below
+        return tuple(reversed(out))
+
+    def level(self, lvl: int) -> tuple[int, list[tuple[int, int]]]:
+        """Operand count and gates (operand index pairs) at tree level ``lvl`` (0-based).
+
+        Operand layout: ``eq_hi`` of every pair, ``lt_lo`` of every pair, ``eq_lo`` of every pair
+        whose parent needs ``eq``. Gates: the ``lt`` gates, then the ``eq`` gates.
+        """
+        pairs = self.sizes[lvl] // 2
+        eqp = self.eq_parents[lvl]
+        gates = [(p, pairs + p) for p in range(pairs)]
+        gates += [(p, 2 * pairs + i) for i, p in enumerate(eqp)]
+        return 2 * pairs + len(eqp), gates
+
+
+@dataclass(frozen=True)
+class Group:
+    """Comparisons of public values against one shared mask (see module docstring)."""
+
+    n: int
+    low: int
+    widths: tuple[int, ...]
+    want_low: bool = False
+
+    def __post_init__(self):
+        if self.low == 0 and any(w == 0 for w in self.widths):
+            raise ValueError("a comparison job needs at least one bit")
+
+    @cached_property
+    def trees(self) -> tuple[TreePlan | None, ...]:
+        """The low tree (or None), then one high tree per job (None for width 0)."""
+        low = TreePlan(self.low, False) if self.low > 0 else None
+        return (low, *(TreePlan(w, self.low > 0) if w > 0 else None for w in self.widths))
+
+    @property
+    def joins(self) -> int:
+        return sum(1 for w in self.widths if w > 0) if self.low > 0 else 0
+
+    @property
+    def depth(self) -> int:
+        d = max((t.depth for t in self.trees if t is not None), default=0)
+        return d + (1 if self.joins else 0)
+
+    def level(self, level: int) -> tuple[int, list[tuple[int, int]]]:
+        """Operands and gates per element at global level ``level`` (1-based): the active trees
+        in order (low, then jobs), then the joins (operand ``b`` followed by each job's ``eq``)."""
+        nops, gates = 0, []
+        for t in self.trees:
+            if t is not None and level <= t.depth:
+                u, gs = t.level(level - 1)
+                gates += [(i + nops, j + nops) for i, j in gs]
+                nops += u
+        if self.joins and level == self.depth:
+            b = nops
+            nops += 1
+            for _ in range(self.joins):
+                gates.append((nops, b))
+                nops += 1
+        return nops, gates
+
+    @property
+    def nbits(self) -> int:
+        """Mask bits read: positions ``0 .. low + max(widths) - 1``."""
+        return self.low + max(self.widths, default=0)
+
+
+def _depth(groups) -> int:
+    return max((g.depth for g in groups), default=0)
+
+
+def counts(groups) -> tuple[int, int]:
+    """(operand openings, AND gates), summed over levels, groups and elements."""
+    u = gates = 0
+    for lv in range(1, _depth(groups) + 1):
+        for g in groups:
+            nops, gs = g.level(lv)
+            u += g.n * nops
+            gates += g.n * len(gs)
+    return u, gates
+
+
+def cost(groups) -> Cost:
+    """Closed-form cost of :func:`online` for these groups."""
+    u, gates = counts(groups)
+    return Cost(online_bits=2 * u, offline_bits=gates, rounds=_depth(groups))
+
+
+@dataclass
+class CmpPre:
+    """Per level and group: operand masks (nops, n) and gate products ``c`` (gates, n)."""
+
+    masks: list | None
+    cs: list | None
+
+
+def offline(corr: Correlations, groups) -> CmpPre:
+    """Operand masks (both XOR shares seeded) and, in ONE dealer message, P1's shares of every
+    gate's ``a_i and a_j``."""
+    layout = []
+    for lv in range(1, _depth(groups) + 1):
+        for g in groups:
+            nops, gs = g.level(lv)
+            layout.append((g.n, nops, gs))
+    masks = [corr.random_bits((nops, n)) for n, nops, _gs in layout]
+    total = sum(n * len(gs) for n, _nops, gs in layout)
+
+    def products() -> torch.Tensor:
+        out = []
+        for m, (_n, _nops, gs) in zip(masks, layout):
+            if gs:
+                ii = torch.tensor([i for i, _ in gs])
+                jj = torch.tensor([j for _, j in gs])
+                out.append((m.value[ii] & m.value[jj]).reshape(-1))
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
+
+    cflat = corr.share_bits(products, (total,)) if total else None
+    if corr.role not in (0, 1):
+        return CmpPre(None, None)
+    cs, pos = [], 0
+    for n, _nops, gs in layout:
+        cs.append(cflat[pos : pos + n * len(gs)].reshape(len(gs), n) if gs else None)
+        pos += n * len(gs)
+    return CmpPre([m.share for m in masks], cs)
+
+
+def _leaves(role: int, c: torch.Tensor, rbits: torch.Tensor, start: int, m: int):
+    cb = ring.bits(c, m, start)
+    rb = rbits[start : start + m]
+    lt = (1 - cb) & rb
+    eq = rb ^ (1 - cb) if role == SERVER else rb.clone()
+    return [lt, eq]
+
+
+def online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[list[torch.Tensor]]:
+    """Run all comparisons; ``data[g] = (rbits, c_low, c_jobs)`` for group ``g``.
+
+    ``rbits`` (nbits, n) uint8: this party's XOR shares of the mask bits, row ``j`` = bit ``j``;
+    ``c_low`` (n,) int64: public value whose bits ``0..low-1`` form the low block;
+    ``c_jobs``: per job a public (n,) int64 whose bits ``low..low+width-1`` are compared.
+
+    Returns per group a list of (n,) uint8 XOR shares of ``[C_j mod 2^(low+w_j) < r mod ...]``
+    per job, followed by the low block's ``lt`` (the borrow) if ``want_low``.
+    """
+    role = party.rank
+    # state[g][t] = [lt, eq] tensors (nodes, n) of tree t of group g
+    state: list[list[list[torch.Tensor] | None]] = []
+    for g, (rbits, c_low, c_jobs) in zip(groups, data):
+        st = [_leaves(role, c_low, rbits, 0, g.low) if g.low > 0 else None]
+        for w, c in zip(g.widths, c_jobs):
+            st.append(_leaves(role, c, rbits, g.low, w) if w > 0 else None)
+        state.append(st)
+
+    idx = 0
+    for level in range(1, _depth(groups) + 1):
+        ops_all, metas = [], []
+        for gi, g in enumerate(groups):
+            ops = []
+            active = []
+            for ti, t in enumerate(g.trees):
+                if t is not None and level <= t.depth:
+                    lt, eq = state[gi][ti]
+                    pairs = t.sizes[level - 1] // 2
+                    eqp = list(t.eq_parents[level - 1])
+                    ops += [eq[1 : 2 * pairs : 2], lt[0 : 2 * pairs : 2], eq[[2 * p for p in eqp]]]
+                    active.append((ti, t, pairs, eqp))
+            joins = g.joins and level == g.depth
+            if joins:
+                ops.append(state[gi][0][0][:1])  # b = low root lt
+                ops += [
+                    state[gi][ti][1][:1] for ti in range(1, len(g.trees)) if g.trees[ti] is not None
+                ]
+            nops, gates = g.level(level)
+            x = torch.cat(ops) if ops else torch.empty((0, g.n), dtype=torch.uint8)
+            assert x.shape[0] == nops
+            ops_all.append(x)
+            metas.append((gi, g, gates, active, joins))
+
+        masked = [x ^ pre.masks[idx + i] for i, x in enumerate(ops_all)]
+        flat = torch.cat([m.reshape(-1) for m in masked])
+        other = party.exchange_bits(flat, f"{tag}.L{level}")
+        opened = torch.split(other, [m.numel() for m in masked])
+        for i, (gi, g, gates, active, joins) in enumerate(metas):
+            if not gates:
+                continue
+            d = masked[i] ^ opened[i].reshape(masked[i].shape)
+            a = pre.masks[idx + i]
+            ii = torch.tensor([p for p, _ in gates], dtype=torch.long)
+            jj = torch.tensor([q for _, q in gates], dtype=torch.long)
+            z = pre.cs[idx + i] ^ (d[ii] & a[jj]) ^ (d[jj] & a[ii])
+            if role == SERVER:
+                z = z ^ (d[ii] & d[jj])
+            zi = 0
+            for ti, t, pairs, eqp in active:
+                lt, eq = state[gi][ti]
+                new_lt = lt[1 : 2 * pairs : 2] ^ z[zi : zi + pairs]
+                zi += pairs
+                new_eq = torch.zeros_like(new_lt)
+                if eqp:
+                    new_eq[eqp] = z[zi : zi + len(eqp)]
+                    zi += len(eqp)
+                if t.sizes[level - 1] % 2:
+                    new_lt = torch.cat([new_lt, lt[-1:]])
+                    new_eq = torch.cat([new_eq, eq[-1:]])
+                state[gi][ti] = [new_lt, new_eq]
+            if joins:
+                for ti in range(1, len(g.trees)):
+                    if g.trees[ti] is not None:
+                        lt, eq = state[gi][ti]
+                        state[gi][ti] = [lt[:1] ^ z[zi : zi + 1], eq[:1]]
+                        zi += 1
+            assert zi == len(gates)
+        idx += len(groups)
+
+    out = []
+    for g, st in zip(groups, state):
+        low_lt = st[0][0][0] if st[0] is not None else None
+        res = [s[0][0] if s is not None else low_lt for s in st[1:]]
+        if g.want_low:
+            res.append(low_lt)
+        out.append(res)
+    return out
+
+
+# ----------------------------------------------------------------------------- the protocol
+@dataclass(frozen=True)
+class CompareSig:
+    """``[x >= T_j]`` for shares of ``x`` in ``Z_{2^ell}`` (signed, ``lo <= x <= hi``) and public
+    thresholds ``T_j``; the results are XOR shares (one (n,) uint8 tensor per threshold)."""
+
+    n: int
+    ell: int
+    thresholds: tuple[int, ...]
+    lo: int | None = None
+    hi: int | None = None
+
+    @cached_property
+    def plan(self) -> tuple[str, tuple, Group | None]:
+        L = ring.check_ell(self.ell)
+        H = 1 << (L - 1)
+        lo = -H if self.lo is None else self.lo
+        hi = H - 1 if self.hi is None else self.hi
+        if not -H <= lo <= hi < H:
+            raise ValueError(f"bounds [{lo}, {hi}] do not fit the {L}-bit ring")
+        const = tuple(1 if lo >= t else 0 if hi < t else None for t in self.thresholds)
+        secret = [t for t, c in zip(self.thresholds, const) if c is None]
+        if not secret:
+            return "const", const, None
+        msb = all(lo - t >= -H and hi - t < H for t in secret)
+        if msb:
+            return "msb", const, Group(self.n, 0, (L - 1,) * len(secret))
+        return "rabbit", const, Group(self.n, 0, (L,) * (len(secret) + 1))
+
+
+class Compare(Protocol):
+    """Secret-vs-public comparison ``[x >= T]`` for several public thresholds at once.
+
+    Steps: (1) dealer mask ``r`` (seeded shares) and XOR shares of its bits; (2) open
+    ``c = x + 2^(ell-1) + r`` (``2*n*ell`` bits, 1 round); (3) per threshold ``T`` with
+    ``u = x + 2^(ell-1)``, ``T' = T + 2^(ell-1)``: if ``x - T`` stays in ``[-2^(ell-1), 2^(ell-1))``
+    for every threshold (known from the bounds), ``[u >= T'] = msb(C) xor r_(ell-1) xor [C_low <
+    r_low]`` with ``C = c - T' + 2^(ell-1)`` (``ell-1``-bit comparisons); otherwise Rabbit
+    (Makri et al. 2021): ``[u >= T'] = [c >= T'] xor [c < r] xor [c - T' < r]`` (``ell``-bit
+    comparisons, one extra for the wrap). Thresholds decided by the bounds cost nothing.
+
+    Cost: ``online = 2*n*ell + 2*U``, ``offline = n*rbits + G``, ``rounds = 1 + D`` (``U, G, D`` of
+    :func:`cost` for the group; ``rbits = ell``), all zero if every threshold is decided.
+    """
+
+    kind = "compare"
+
+    def cost(self, sig: CompareSig) -> Cost:
+        _mode, _const, grp = sig.plan
+        if grp is None:
+            return Cost()
+        c = Cost(online_bits=2 * sig.n * sig.ell, offline_bits=sig.n * sig.ell, rounds=1)
+        return c.then(cost([grp]))
+
+    def offline(self, corr: Correlations, sig: CompareSig, state=None):
+        _mode, _const, grp = sig.plan
+        if grp is None:
+            return None
+        r = corr.random_ring((sig.n,), sig.ell)
+        rbits = corr.share_bits(lambda: ring.bits(r.value, sig.ell), (sig.ell, sig.n))
+        return r.share, rbits, offline(corr, [grp])
+
+    def online(self, party: Party, sig: CompareSig, pre, x: torch.Tensor) -> list[torch.Tensor]:
+        mode, const, grp = sig.plan
+        L, H, n = sig.ell, 1 << (sig.ell - 1), sig.n
+        mine = party.rank == SERVER
+
+        def pub(bits: torch.Tensor) -> torch.Tensor:
+            return bits.to(torch.uint8) if mine else torch.zeros(n, dtype=torch.uint8)
+
+        out: list[torch.Tensor | None] = [
+            pub(torch.full((n,), c)) if c is not None else None for c in const
+        ]
+        if grp is None:
+            return out
+        r, rbits, cpre = pre
+        u = ring.reduce(x.reshape(-1) + (H if mine else 0), L)
+        cs = ring.reduce(u + r, L)
+        c = ring.reduce(cs + party.exchange(cs, L, "cmp.open"), L)
+        secret = [i for i, v in enumerate(const) if v is None]
+        tp = [sig.thresholds[i] + H for i in secret]
+        if mode == "msb":
+            cj = [ring.reduce(c - t + H, L) for t in tp]
+            lts = online(party, [grp], cpre, [(rbits, c, cj)], "cmp")[0]
+            for i, C, lt in zip(secret, cj, lts):
+                out[i] = pub((C >> (L - 1)) & 1) ^ rbits[L - 1] ^ lt
+        else:
+            cj = [c] + [ring.reduce(c - t, L) for t in tp]
+            lts = online(party, [grp], cpre, [(rbits, c, cj)], "cmp")[0]
+            for i, t, lt in zip(secret, tp, lts[1:]):
+                out[i] = pub(c >= t) ^ lts[0] ^ lt
+        return out
+
+
+COMPARE = Compare()

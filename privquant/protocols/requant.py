@@ -1,0 +1,440 @@
+"""Fused requantization: truncation + ReLU/clip + ring change from ONE masked opening.
+
+Input: arithmetic shares in ``Z_{2^L}`` (``L = sig.ell``) of the pre-sum ``t`` with public bounds
+``tlo <= t <= thi``, ``-2^(L-1) <= tlo``, ``thi < 2^(L-1)``. Output: shares in ``Z_{2^L'}``
+(``L' = sig.ell_out``, smaller or larger than ``L``) of::
+
+    q = clip(floor(t / 2^k), lo, hi)          (k = sig.shift)
+
+Sources: masked-opening truncation with exact wrap/borrow correction (SecureML's idea made exact
+as in CrypTFlow2/SiRNN), threshold tests from the same opening (Rabbit, Makri et al. 2021) and the
+MSB-of-masked-difference test (as in SecureNN/ABY3 comparisons), B2A with daBits; the fusion of
+all of them into one opening, one shared prefix circuit and one final opening is this project's
+(PrivQuant, Xu et al. 2024, fuse the operators between two linear layers).
+
+Notation: ``H = 2^(L-1)``, ``k`` := ``min(k, L-1)`` (``floor(t/2^k)`` is the same for all
+``k >= L-1`` because ``|t| <= 2^(L-1)``), ``u = t + H`` in ``[0, 2^L)``, ``r`` the dealer mask,
+``c = u + r mod 2^L`` the opening, ``x_low = x mod 2^(L-1)``, ``x_mid = floor(x_low / 2^k)``,
+``b = [c mod 2^k < r mod 2^k]`` (the low-k borrow), ``T_a = lo*2^k + H`` and
+``T_h = (hi+1)*2^k + H`` (so ``z >= lo <=> u >= T_a`` and ``z > hi <=> u >= T_h``).
+
+Steps (mode ``msb``, the usual one):
+
+1. Dealer: ``r`` (both arithmetic shares seeded), XOR shares of its low ``rbits`` bits (P1's by
+   correction), the AND triples and the final-stage daBits/products (see below).
+2. P0 adds ``H``; both open ``c = u + r`` (one exchange, ``2*n*L`` bits).
+3. For each needed threshold ``T`` (a multiple of ``2^k``) let ``C_T = c - T + H mod 2^L``. If
+   ``u - T`` stays in ``[-H, H)`` over the region where the test matters, then
+   ``x = C_T - r mod 2^L = u - T + H`` and the test is its MSB:
+   ``[u >= T] = msb(C_T) xor r_(L-1) xor beta_T`` with ``beta_T = [C_T,low < r_low]``.
+   All ``beta_T`` share the low ``k`` bits of ``C_T`` (equal to those of ``c``), so the low prefix
+   tree (whose root is ``b``) is computed ONCE and joined with each threshold's ``L-1-k`` high bits
+   (:mod:`privquant.protocols.compare`, all levels batched in the same exchanges).
+4. Truncation without a wrap bit: on the region ``S`` where ``lo <= z <= hi``, with a reference
+   ``T_ref = 2^k * floor(S_lo / 2^k)`` such that ``S_hi - T_ref < H`` (``T_ref = T_a`` when the
+   lower clip is secret), ``x = u - T_ref + H`` has MSB 1 and
+   ``z - lo = P - R - b + 2^(L-1-k) * beta_ref`` with public ``P = (C_ref)_mid + (T_ref - T_a)/2^k``
+   and ``R = r_mid`` (dealer-shared in ``Z_{2^L'}``). ``beta_ref`` is needed only if
+   ``2^(L-1-k) mod 2^L' != 0``; ``b`` only if ``k > 0``.
+5. Selection in ``Z_{2^L'}`` with ``a = [z >= lo]``, ``h = [z > hi]``, ``s = a xor h``::
+
+       form s    : q = lo + s*Z + h*(hi - lo)             (a and h valid everywhere)
+       form adom : q = lo + a*Z - a*h*Z + a*h*(hi - lo)    (h valid only where a = 1)
+       form hdom : q = lo + a*Z - a*h*Z + h*(hi - lo)      (a valid only where h = 0)
+
+   with ``Z = z - lo``; public constants replace decided bits (``a = 1`` when ``tlo >= lo*2^k``,
+   ``h = 0`` when ``thi < (hi+1)*2^k``: those thresholds are skipped). The polynomial is evaluated
+   by :mod:`privquant.protocols.bitpoly` with ONE final opening of the masked bits.
+
+Mode ``rabbit`` (fallback when no MSB window fits, e.g. truncation of a full-range ``t`` without
+clipping, or signed clips of wide ranges): ``w = [c < r]`` (the ring wrap),
+``[u >= T] = [c >= T] xor w xor [c - T mod 2^L < r]`` (Makri et al.), and
+``floor(u/2^k) = floor(c/2^k) - floor(r/2^k) - b + w*2^(L-k)`` so
+``Z = floor(c/2^k) - 2^(L-1-k) - lo - R - b + 2^(L-k)*w`` with ``R = floor(r/2^k)``; form ``s``.
+The comparisons then span ``L - k`` high bits and ``w`` is an extra job (skipped if no threshold
+is secret and ``2^(L-k) mod 2^L' = 0``).
+
+Modes ``const`` (bounds decide the output: shares ``(q, 0)``, no traffic) and ``local``
+(``k = 0``, no clip, ``L' <= L``: reduce the shares mod ``2^L'``, no traffic).
+
+Cost (``n`` elements, ``J`` jobs of width ``m`` (``L-1-k`` msb, ``L-k`` rabbit) sharing a low block
+of ``k`` bits, ``U`` operand openings and ``G`` AND gates of :func:`compare.cost`, ``V`` opened bits
+and ``I`` dealer items of the selection polynomial, ``rbits`` mask bits shared as XOR)::
+
+    online  = 2*n*L + 2*U + 2*n*V     bits
+    offline = n*rbits + G + n*L'*I    bits   (r's arithmetic shares are both seeded)
+    rounds  = 1 + D + [V > 0],        D = max(ceil(log2 k), ceil(log2 m)) + [k > 0 and m > 0]
+
+Example: ``L = 20, k = 12, L' = 20``, ``t`` over the whole ring, ReLU and clip at 15: form
+``adom`` (the upper test is only valid where ``a = 1``), ``J = 2, m = 7``, per element
+``U = 68, G = 44``, ``V = 4`` (a, h, b, beta_ref), ``I = 15``, ``rbits = 20``: 184 online bits,
+364 offline bits, 7 rounds. Without an upper clip (form s, ``J = 1``): 144 online bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+
+from privquant.errors import PrivQuantError
+from privquant.program import signed_bits
+from privquant.protocols import bitpoly, compare, ring
+from privquant.protocols.bitpoly import Poly, PolySpec
+from privquant.protocols.channel import SERVER, Party
+from privquant.protocols.cost import ZERO, Cost
+from privquant.protocols.dealer import Correlations
+
+
+@dataclass(frozen=True)
+class RequantSig:
+    """Public signature of one fused requantization over ``n`` elements."""
+
+    n: int
+    ell: int
+    shift: int
+    lo: int
+    hi: int
+    tlo: int
+    thi: int
+    ell_out: int
+
+    @cached_property
+    def plan(self) -> RequantPlan:
+        return plan_requant(self)
+
+
+@dataclass(frozen=True)
+class RequantPlan:
+    kind: str  # const | local | msb | rabbit
+    L: int
+    k: int = 0
+    const: int = 0
+    a: int | None = 1
+    h: int | None = 0
+    form: str = "s"
+    t_ref: int = 0
+    jobs: tuple[tuple[str, int], ...] = ()
+    width: int = 0
+    need_x: bool = False
+    kappa: int = 0
+    rbits: int = 0
+    group: compare.Group | None = None
+    ell_out: int = 0
+    lo: int = 0
+    hi: int = 0
+    n: int = 0
+
+    @property
+    def H(self) -> int:
+        return 1 << (self.L - 1)
+
+
+def _msb_ok(T: int, x: int, y: int, H: int) -> bool:
+    """Does ``u - T`` stay in ``[-H, H)`` for every ``u`` in ``[x, y]`` (empty range: yes)?"""
+    return x > y or (x - T >= -H and y - T < H)
+
+
+def plan_requant(sig: RequantSig) -> RequantPlan:
+    """Choose mode, form, thresholds and comparison jobs from public data only."""
+    L = ring.check_ell(sig.ell)
+    Lo = ring.check_ell(sig.ell_out)
+    if sig.shift < 0:
+        raise PrivQuantError(f"requant shift must be >= 0, got {sig.shift}")
+    if sig.lo > sig.hi:
+        raise PrivQuantError(f"requant clip range [{sig.lo}, {sig.hi}] is empty")
+    H = 1 << (L - 1)
+    if not (-H <= sig.tlo <= sig.thi <= H - 1):
+        raise PrivQuantError(
+            f"requant pre-sum bounds [{sig.tlo}, {sig.thi}] do not fit the {L}-bit ring"
+        )
+    k = min(sig.shift, L - 1)
+    zlo, zhi = sig.tlo >> k, sig.thi >> k
+    qlo, qhi = min(max(zlo, sig.lo), sig.hi), min(max(zhi, sig.lo), sig.hi)
+    if signed_bits(qlo, qhi) > Lo:
+        raise PrivQuantError(f"requant output range [{qlo}, {qhi}] does not fit the {Lo}-bit ring")
+    base = dict(L=L, k=k, ell_out=Lo, lo=sig.lo, hi=sig.hi, n=sig.n)
+    if qlo == qhi:
+        return RequantPlan("const", const=qlo, **base)
+    ulo, uhi = sig.tlo + H, sig.thi + H
+    Ta, Th = sig.lo * (1 << k) + H, (sig.hi + 1) * (1 << k) + H
+    a = 0 if uhi < Ta else 1 if ulo >= Ta else None
+    h = 1 if ulo >= Th else 0 if uhi < Th else None
+    if sig.shift == 0 and a == 1 and h == 0 and Lo <= L:
+        return RequantPlan("local", **base)
+    slo, shi = max(ulo, Ta), min(uhi, Th - 1)
+    t_ref = (slo >> k) << k
+    form = None
+    if shi - t_ref < H:
+        a_full = a is not None or _msb_ok(Ta, ulo, uhi, H)
+        h_full = h is not None or _msb_ok(Th, ulo, uhi, H)
+        a_part = a is not None or _msb_ok(Ta, ulo, min(uhi, Th - 1), H)
+        h_part = h is not None or _msb_ok(Th, max(ulo, Ta), uhi, H)
+        if a_full and h_full:
+            form = "s"
+        elif a_full and h_part:
+            form = "adom"
+        elif h_full and a_part:
+            form = "hdom"
+    if form is not None:
+        width = L - 1 - k
+        need_x = width < Lo
+        jobs = []
+        if a is None or need_x:
+            assert a is not None or t_ref == Ta
+            jobs.append(("ref", t_ref))
+        if h is None:
+            jobs.append(("h", Th))
+        if a is None or h is None:
+            rbits = L
+        elif jobs:
+            rbits = L - 1
+        else:
+            rbits = k
+        group = (
+            compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0)
+            if (jobs or k > 0)
+            else None
+        )
+        return RequantPlan(
+            "msb",
+            a=a,
+            h=h,
+            form=form,
+            t_ref=t_ref,
+            jobs=tuple(jobs),
+            width=width,
+            need_x=need_x,
+            kappa=1 << width,
+            rbits=rbits,
+            group=group,
+            **base,
+        )
+    width = L - k
+    need_x = width < Lo
+    jobs = []
+    if a is None or h is None or need_x:
+        jobs.append(("w", 0))
+    if a is None:
+        jobs.append(("a", Ta))
+    if h is None:
+        jobs.append(("h", Th))
+    rbits = L if jobs else k
+    group = (
+        compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0) if (jobs or k > 0) else None
+    )
+    return RequantPlan(
+        "rabbit",
+        a=a,
+        h=h,
+        form="s",
+        jobs=tuple(jobs),
+        width=width,
+        need_x=need_x,
+        kappa=1 << width,
+        rbits=rbits,
+        group=group,
+        **base,
+    )
+
+
+def build_poly(plan: RequantPlan, P: torch.Tensor) -> Poly:
+    """The selection polynomial of step 5 in ``Z_{2^L'}`` (``P`` public, per element)."""
+    Z = Poly.const(P) - Poly.arith("R")
+    if plan.k > 0:
+        Z = Z - Poly.var("b")
+    if plan.need_x:
+        Z = Z + plan.kappa * Poly.var("x")
+    A = Poly.var("a") if plan.a is None else Poly.const(plan.a)
+    Hh = Poly.var("h") if plan.h is None else Poly.const(plan.h)
+    span = plan.hi - plan.lo
+    if plan.form == "s":
+        S = Poly.var("s") if (plan.a is None and plan.h is None) else A - Hh
+        q = plan.lo + S * Z + Hh * span
+    elif plan.form == "adom":
+        q = plan.lo + A * Z - A * Hh * Z + A * Hh * span
+    else:
+        q = plan.lo + A * Z - A * Hh * Z + Hh * span
+    return q.reduced(plan.ell_out)
+
+
+def poly_spec(plan: RequantPlan) -> PolySpec:
+    return PolySpec.of(build_poly(plan, torch.zeros(1, dtype=torch.int64)), plan.ell_out, plan.n)
+
+
+def cost(sig: RequantSig) -> Cost:
+    """Closed-form cost of :func:`online` (see the module docstring)."""
+    plan = sig.plan
+    if plan.kind in ("const", "local"):
+        return ZERO
+    c = Cost(online_bits=2 * plan.n * plan.L, offline_bits=plan.n * plan.rbits, rounds=1)
+    if plan.group is not None:
+        c = c.then(compare.cost([plan.group]))
+    return c.then(poly_spec(plan).cost())
+
+
+@dataclass
+class RequantPre:
+    r: torch.Tensor | None = None
+    rbits: torch.Tensor | None = None
+    tri: compare.CmpPre | None = None
+    spec: PolySpec | None = None
+    poly: bitpoly.PolyPre | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def offline(corr: Correlations, sig: RequantSig) -> RequantPre | None:
+    """Dealer material for one fused requant (runnable by the dealer without data)."""
+    plan = sig.plan
+    if plan.kind in ("const", "local"):
+        return None
+    n, L, k, H = plan.n, plan.L, plan.k, plan.H
+    r = corr.random_ring((n,), L)
+    rbits = (
+        corr.share_bits(lambda: ring.bits(r.value, plan.rbits), (plan.rbits, n))
+        if plan.rbits
+        else None
+    )
+    tri = compare.offline(corr, [plan.group]) if plan.group is not None else None
+    spec = poly_spec(plan)
+    if plan.kind == "msb":
+
+        def R():
+            return (r.value & (H - 1)) >> k
+    else:
+
+        def R():
+            return r.value >> k
+
+    ppre = bitpoly.offline(corr, spec, {"R": R})
+    return RequantPre(r.share, rbits, tri, spec, ppre)
+
+
+def _pub(party: Party, bits: torch.Tensor) -> torch.Tensor:
+    """XOR share of a public bit vector (P0 holds it, P1 holds 0)."""
+    return (
+        bits.to(torch.uint8) if party.rank == SERVER else torch.zeros_like(bits, dtype=torch.uint8)
+    )
+
+
+def online(
+    party: Party, sig: RequantSig, pre: RequantPre | None, t: torch.Tensor, tag: str = "rq"
+) -> torch.Tensor:
+    """This party's share in ``Z_{2^L'}`` of ``clip(floor(t / 2^k), lo, hi)`` (shape of ``t``)."""
+    plan = sig.plan
+    shape = t.shape
+    if t.numel() != plan.n:
+        raise PrivQuantError(f"requant expects {plan.n} elements, got {t.numel()}")
+    L, k, H, Lo = plan.L, plan.k, plan.H, plan.ell_out
+    t = ring.reduce(t.reshape(-1), L)
+    if plan.kind == "const":
+        q = plan.const if party.rank == SERVER else 0
+        return ring.reduce(torch.full(shape, q, dtype=torch.int64), Lo)
+    if plan.kind == "local":
+        return ring.reduce(t, Lo).reshape(shape)
+    u = t + H if party.rank == SERVER else t
+    cs = ring.reduce(u + pre.r, L)
+    c = ring.reduce(cs + party.exchange(cs, L, f"{tag}.open"), L)
+
+    msb = plan.kind == "msb"
+    cvals = [ring.reduce(c - T + (H if msb else 0), L) for _name, T in plan.jobs]
+    lts: dict[str, torch.Tensor] = {}
+    b = None
+    if plan.group is not None:
+        res = compare.online(party, [plan.group], pre.tri, [(pre.rbits, c, cvals)], f"{tag}.cmp")[0]
+        lts = {name: res[i] for i, (name, _T) in enumerate(plan.jobs)}
+        if plan.group.want_low:
+            b = res[-1]
+
+    bits: dict[str, torch.Tensor] = {}
+    if b is not None:
+        bits["b"] = b
+    if msb:
+        top = pre.rbits[L - 1] if plan.rbits == L else None
+        jobv = dict(zip([nm for nm, _ in plan.jobs], cvals))
+        if plan.a is None:
+            bits["a"] = _pub(party, (jobv["ref"] >> (L - 1)) & 1) ^ top ^ lts["ref"]
+        if plan.h is None:
+            bits["h"] = _pub(party, (jobv["h"] >> (L - 1)) & 1) ^ top ^ lts["h"]
+        if plan.need_x:
+            bits["x"] = lts["ref"]
+        c_ref = ring.reduce(c - plan.t_ref + H, L)
+        Ta = plan.lo * (1 << k) + H
+        P = ((c_ref & (H - 1)) >> k) + (plan.t_ref - Ta) // (1 << k)
+    else:
+        w = lts.get("w")
+        if plan.a is None:
+            Ta = plan.lo * (1 << k) + H
+            bits["a"] = _pub(party, (c >= Ta).to(torch.uint8)) ^ w ^ lts["a"]
+        if plan.h is None:
+            Th = (plan.hi + 1) * (1 << k) + H
+            bits["h"] = _pub(party, (c >= Th).to(torch.uint8)) ^ w ^ lts["h"]
+        if plan.need_x:
+            bits["x"] = w
+        P = (c >> k) - (1 << (L - 1 - k)) - plan.lo
+    if plan.a is None and plan.h is None and plan.form == "s":
+        bits["s"] = bits["a"] ^ bits["h"]
+    poly = build_poly(plan, ring.reduce(P, Lo))
+    q = bitpoly.online(
+        party, pre.spec, pre.poly, poly, {v: bits[v] for v in pre.spec.vars}, tag=f"{tag}.sel"
+    )
+    return q.reshape(shape)
+
+
+# ----------------------------------------------------------------------------- unfused ablation
+def unfused_steps(sig: RequantSig) -> tuple[RequantSig, ...]:
+    """The separate protocols of the unfused chain (the ``--unfused`` ablation):
+
+    1. truncation ``z = floor(t / 2^k)`` in ``Z_{2^L}`` (its own opening and wrap/borrow circuit),
+    2. ReLU/clip ``clip(z, lo, hi)`` in ``Z_{2^L}`` (its own opening and comparisons),
+    3. extension of the result into ``Z_{2^L'}`` (its own opening and wrap test; local if
+       ``L' <= L``).
+
+    Each step is the fused engine with the other two functions switched off, so the difference in
+    cost between :func:`cost` and :func:`unfused_cost` is exactly what fusion saves. (When the
+    bounds alone decide the output, both are the same free constant.)
+    """
+    if sig.plan.kind == "const":
+        return (sig,)
+    L = sig.ell
+    k = min(sig.shift, L - 1)
+    zlo, zhi = sig.tlo >> k, sig.thi >> k
+    s1 = RequantSig(sig.n, L, sig.shift, zlo, zhi, sig.tlo, sig.thi, L)
+    s2 = RequantSig(sig.n, L, 0, sig.lo, sig.hi, zlo, zhi, L)
+    qlo, qhi = min(max(zlo, sig.lo), sig.hi), min(max(zhi, sig.lo), sig.hi)
+    s3 = RequantSig(sig.n, L, 0, qlo, qhi, qlo, qhi, sig.ell_out)
+    return s1, s2, s3
+
+
+def unfused_cost(sig: RequantSig) -> Cost:
+    return Cost.sequence(cost(s) for s in unfused_steps(sig))
+
+
+def unfused_offline(corr: Correlations, sig: RequantSig) -> list:
+    return [offline(corr, s) for s in unfused_steps(sig)]
+
+
+def unfused_online(
+    party: Party, sig: RequantSig, pre: list, t: torch.Tensor, tag: str = "rqu"
+) -> torch.Tensor:
+    x = t
+    for i, (s, p) in enumerate(zip(unfused_steps(sig), pre)):
+        x = online(party, s, p, x, tag=f"{tag}{i + 1}")
+    return x
+
+
+__all__ = [
+    "RequantPlan",
+    "RequantPre",
+    "RequantSig",
+    "build_poly",
+    "cost",
+    "offline",
+    "online",
+    "plan_requant",
+    "unfused_cost",
+    "unfused_offline",
+    "unfused_online",
+    "unfused_steps",
+]

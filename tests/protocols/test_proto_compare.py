@@ -1,0 +1,142 @@
+"""Prefix-circuit comparison [C < r] with a shared low block: exact results and exact cost."""
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from proto_testlib import assert_cost, share
+
+from privquant.protocols import compare, ring
+from privquant.protocols.channel import combine
+from privquant.protocols.dealer import Seeds, make_correlations, simulated_dealer_book
+from privquant.protocols.sim import run_protocol
+from privquant.protocols.transport_thread import simulate
+
+
+def _run(groups, data0, data1, dealer):
+    sim = dealer == "simulated"
+    book = simulated_dealer_book() if sim else None
+
+    def body(p, data):
+        seeds = Seeds.derived(3) if sim else Seeds.derived(3, p.rank)
+        corr = make_correlations(p, seeds, simulated=sim, dealer_book=book)
+        pre = compare.offline(corr, groups)
+        if p.rank == 2:
+            return None
+        return compare.online(p, groups, pre, data)
+
+    res = simulate(
+        lambda p: body(p, data0),
+        lambda p: body(p, data1),
+        None if sim else (lambda p: body(p, None)),
+        insecure_simulated=sim,
+    )
+    stats = [
+        res.parties[0].stats,
+        res.parties[1].stats,
+        book.total if sim else res.parties[2].stats,
+    ]
+    return res.results[0], res.results[1], combine(stats)
+
+
+@st.composite
+def group_cases(draw):
+    ngroups = draw(st.integers(1, 2))
+    out = []
+    for _ in range(ngroups):
+        low = draw(st.integers(0, 9))
+        njobs = draw(st.integers(0 if low else 1, 3))
+        widths = tuple(draw(st.integers(0 if low else 1, 9)) for _ in range(njobs))
+        want_low = low > 0 and draw(st.booleans())
+        n = draw(st.integers(1, 12))
+        out.append(compare.Group(n, low, widths, want_low))
+    return out
+
+
+@settings(deadline=None, max_examples=200)
+@given(
+    groups=group_cases(),
+    seed=st.integers(0, 2**31),
+    dealer=st.sampled_from(["thread", "simulated"]),
+)
+def test_compare_exact_and_cost(groups, seed, dealer):
+    g = torch.Generator().manual_seed(seed)
+    data0, data1, expect = [], [], []
+    for grp in groups:
+        nb = max(grp.nbits, 1)
+        r = ring.uniform(g, (grp.n,), nb) if nb > 1 else ring.random_bits(g, (grp.n,)).long()
+        # public values: random, and some equal to r or r +- 1 on the compared bits (edge cases)
+        cs = []
+        for _ in range(len(grp.widths) + 1):
+            c = ring.uniform(g, (grp.n,), 62)
+            pick = torch.randint(0, 4, (grp.n,), generator=g)
+            c = torch.where(
+                pick == 0, r, torch.where(pick == 1, r + 1, torch.where(pick == 2, r - 1, c))
+            )
+            cs.append(c & ((1 << 62) - 1))
+        c_low, c_jobs = cs[0], cs[1:]
+        # jobs see the low bits of c_low and their own high bits
+        lowmask = (1 << grp.low) - 1
+        exp = []
+        for w, cj in zip(grp.widths, c_jobs):
+            m = (1 << (grp.low + w)) - 1
+            full = ((cj & ~lowmask) | (c_low & lowmask)) & m
+            exp.append((full < (r & m)).to(torch.uint8))
+        if grp.want_low:
+            exp.append(((c_low & lowmask) < (r & lowmask)).to(torch.uint8))
+        rb0, rb1 = ring.xor_share(ring.bits(r, nb), g)
+        data0.append((rb0, c_low, c_jobs))
+        data1.append((rb1, c_low, c_jobs))
+        expect.append(exp)
+    out0, out1, stats = _run(groups, data0, data1, dealer)
+    for e, a, b in zip(expect, out0, out1):
+        assert len(e) == len(a)
+        for ee, aa, bb in zip(e, a, b):
+            assert torch.equal(aa ^ bb, ee)
+    c = compare.cost(groups)
+    assert (stats.bits_sent["online"], stats.bits_sent["offline"], stats.rounds) == (
+        c.online_bits,
+        c.offline_bits,
+        c.rounds,
+    )
+
+
+def test_tree_plan_counts():
+    # 8 leaves, lt only at the root: 7 lt gates, eq needed for hi children: 3 + 1 + 0
+    t = compare.TreePlan(8, False)
+    assert t.depth == 3 and t.sizes == (8, 4, 2, 1)
+    assert [len(e) for e in t.eq_parents] == [3, 1, 0]
+    t = compare.TreePlan(7, True)
+    assert t.depth == 3 and all(len(e) == t.sizes[i] // 2 for i, e in enumerate(t.eq_parents))
+    # requant at L=20, k=12, two thresholds of 7 bits: 44 gates, 68 openings, 5 levels
+    grp = compare.Group(1, 12, (7, 7), want_low=True)
+    assert grp.depth == 5
+    assert compare.counts([grp]) == (68, 44)
+    assert compare.depth(1) == 0 and compare.depth(2) == 1 and compare.depth(5) == 3
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    ell=st.one_of(st.integers(2, 16), st.integers(17, 40)),
+    data=st.data(),
+    dealer=st.sampled_from(["thread", "simulated"]),
+)
+def test_compare_protocol_thresholds(ell, data, dealer):
+    H = 1 << (ell - 1)
+    lo = data.draw(st.integers(-H, H - 1))
+    hi = data.draw(st.integers(lo, H - 1))
+    if data.draw(st.booleans()):
+        lo, hi = -H, H - 1
+    ts = tuple(data.draw(st.lists(st.integers(-H - 2, H + 2), min_size=1, max_size=3)))
+    seed = data.draw(st.integers(0, 2**31))
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randint(0, 1 << 62, (24,), generator=g) % (hi - lo + 1)) + lo
+    x[0], x[-1] = lo, hi
+    for j, t in enumerate(ts[:2]):  # values exactly at and around thresholds
+        if lo <= t - 1 and t <= hi:
+            x[1 + 2 * j], x[2 + 2 * j] = t - 1, t
+    sig = compare.CompareSig(24, ell, ts, lo, hi)
+    x0, x1 = share(x, ell, seed)
+    run = run_protocol(compare.COMPARE, sig, (x0,), (x1,), dealer=dealer, master=seed)
+    for t, a, b in zip(ts, run.out0, run.out1):
+        assert torch.equal(a ^ b, (x >= t).to(torch.uint8))
+    assert_cost(run, compare.COMPARE.cost(sig))

@@ -1,0 +1,103 @@
+"""Rings, shares and bit-exact packing."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from privquant.errors import PrivQuantError
+from privquant.protocols import packing, ring
+
+
+@pytest.mark.parametrize("ell", [0, 1, 63, 64, -3, 2.5, "8"])
+def test_check_ell_rejects(ell):
+    with pytest.raises(PrivQuantError, match="ring width"):
+        ring.check_ell(ell)
+
+
+@pytest.mark.parametrize("ell", [2, 3, 16, 40, 62])
+def test_check_ell_accepts(ell):
+    assert ring.check_ell(ell) == ell
+
+
+@settings(deadline=None, max_examples=40)
+@given(ell=st.integers(2, 62), seed=st.integers(0, 2**31), n=st.integers(0, 50))
+def test_share_reduce_signed(ell, seed, n):
+    g = torch.Generator().manual_seed(seed)
+    half = 1 << (ell - 1)
+    x = torch.randint(-half, half, (n,), generator=g) if n else torch.zeros(0, dtype=torch.int64)
+    x0, x1 = ring.share(x, ell, g)
+    for s in (x0, x1):
+        assert bool(((s >= 0) & (s < (1 << ell))).all())
+    assert torch.equal(ring.reconstruct(x0, x1, ell), x)
+    assert torch.equal(ring.to_signed(ring.reduce(x, ell), ell), x)
+
+
+def test_edge_values_signed():
+    for ell in (2, 5, 62):
+        h = 1 << (ell - 1)
+        x = torch.tensor([-h, -1, 0, 1, h - 1])
+        assert torch.equal(ring.to_signed(ring.reduce(x, ell), ell), x)
+        assert torch.equal(
+            ring.reduce(torch.tensor([1 << ell, -(1 << ell)]), ell),
+            torch.zeros(2, dtype=torch.int64),
+        )
+
+
+@settings(deadline=None, max_examples=40)
+@given(m=st.integers(1, 62), seed=st.integers(0, 2**31))
+def test_bits_roundtrip(m, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = ring.uniform(g, (7, 3), m)
+    b = ring.bits(x, m)
+    assert b.shape == (m, 7, 3) and b.dtype == torch.uint8
+    assert torch.equal(ring.from_bits(b), x)
+    assert torch.equal(ring.bits(x, 1, m - 1)[0], ((x >> (m - 1)) & 1).to(torch.uint8))
+
+
+@settings(deadline=None, max_examples=60)
+@given(ell=st.integers(1, 64), n=st.integers(0, 300), seed=st.integers(0, 2**31))
+def test_pack_roundtrip_exact_size(ell, n, seed):
+    rng = np.random.default_rng(seed)
+    hi = (1 << ell) - 1
+    a = rng.integers(0, 2**62, size=n, dtype=np.int64).astype(np.uint64)
+    if ell < 64:
+        a = a & np.uint64(hi)
+    vals = rng.choice([0, hi], size=n).astype(np.uint64) if n and seed % 3 == 0 else a
+    x = torch.from_numpy(vals.view(np.int64))
+    buf = packing.pack(x, ell)
+    assert buf.dtype == torch.uint8 and buf.numel() == math.ceil(n * ell / 8)
+    assert torch.equal(packing.unpack(buf, n, ell), x)
+
+
+def test_pack_bit_layout_and_chunks():
+    # little-endian bit stream: value i occupies bits i*ell ...
+    x = torch.tensor([1, 2, 3, 4])
+    assert packing.pack(x, 3).tolist() == [1 | (2 << 3) | ((3 & 3) << 6), (3 >> 2) | (4 << 1)]
+    n = packing.CHUNK + 13  # crosses a chunk boundary
+    g = torch.Generator().manual_seed(1)
+    x = ring.uniform(g, (n,), 3)
+    buf = packing.pack(x, 3)
+    assert buf.numel() == math.ceil(n * 3 / 8)
+    assert torch.equal(packing.unpack(buf, n, 3), x)
+
+
+def test_pack_rejects_unreduced_values():
+    with pytest.raises(ValueError, match="does not fit"):
+        packing.pack(torch.tensor([8]), 3)
+    with pytest.raises(ValueError, match="expected"):
+        packing.unpack(torch.zeros(3, dtype=torch.uint8), 10, 3)
+
+
+@settings(deadline=None, max_examples=30)
+@given(n=st.integers(0, 100), seed=st.integers(0, 2**31))
+def test_pack_bits_roundtrip(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    b = ring.random_bits(g, (n,))
+    buf = packing.pack_bits(b)
+    assert buf.numel() == math.ceil(n / 8)
+    assert torch.equal(packing.unpack_bits(buf, n), b)
+    assert torch.equal(packing.unpack_bits(packing.pack_bits(b.bool()), n), b)
