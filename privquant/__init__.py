@@ -7,6 +7,8 @@ Public API (the CLI is a thin layer over it)::
     art.save("resnet8.pq")
     art = privquant.load("resnet8.pq")
     art.evaluate(images, labels)      # FP32 / fake-quant / integer-program top-1
+    res = privquant.infer(art, images[:4])   # private inference: server, client, dealer processes
+    res["labels"], res["identical"], res["report"].table()
 """
 
 __version__ = "0.1.0"
@@ -20,6 +22,14 @@ def __getattr__(name):
         from privquant import quantized
 
         return getattr(quantized, name)
+    if name == "infer":
+        from privquant.launch import infer
+
+        return infer
+    if name in ("serve", "client", "dealer"):
+        from privquant import serving
+
+        return getattr(serving, name)
     if name in ("BitAssignment", "LayerBits", "parse_bits"):
         from privquant.quant import spec
 

@@ -124,6 +124,24 @@ def infer_local(
     }
 
 
+def infer(
+    artifact, x, *, backend: str = "privquant", timeout: float = 60.0, progress: bool = False
+) -> dict:
+    """Python API: private inference of ``x`` with all parties on this machine.
+
+    ``artifact`` is a QuantizedModel or a ``.pq`` path; returns the client's labels and logits,
+    the plaintext labels, ``identical`` (logits == plaintext integer program) and a CommReport.
+    """
+    from privquant.quantized import QuantizedModel
+
+    if isinstance(artifact, QuantizedModel):
+        with tempfile.TemporaryDirectory(prefix="privquant-") as tmp:
+            path = Path(tmp) / "model.pq"
+            artifact.save(path)
+            return infer_local(path, x, backend=backend, timeout=timeout, progress=progress)
+    return infer_local(artifact, x, backend=backend, timeout=timeout, progress=progress)
+
+
 def _wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, str]:
     """Wait for every process; on the first failure or the deadline, stop all and raise."""
     outs: dict[str, str] = {}
