@@ -13,7 +13,7 @@ Public API (the CLI is a thin layer over it)::
 
 __version__ = "0.1.0"
 
-from privquant.errors import PrivQuantError  # noqa: E402
+from privquant.errors import PrivQuantError
 
 
 def __getattr__(name):

@@ -60,7 +60,7 @@ class Op:
 
     ``kind`` is one of :data:`OP_KINDS`; ``name`` is the source module's qualified name (layer
     scope for reports); ``attrs`` hold JSON-able public parameters; ``arrays`` hold integer
-    parameters (``weight`` and ``bias`` are the server's secrets; ``mult*`` and ``offset`` are public).
+    parameters (``weight``, ``bias``: the server's secrets; ``mult*``, ``offset``: public).
     """
 
     kind: str
@@ -186,7 +186,7 @@ class Program:
         return all("weight" in op.arrays for op in self.ops if op.kind in ("conv2d", "linear"))
 
     def architecture_hash(self) -> str:
-        """SHA-256 of :meth:`public_dict`: what server and client compare before any secret moves."""
+        """SHA-256 of :meth:`public_dict`, compared by server and client before secrets move."""
         blob = json.dumps(self.public_dict(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 

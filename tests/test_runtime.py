@@ -1,4 +1,4 @@
-"""Two-party runtime (threads): bit-exact against the plaintext integer program, measured == declared.
+"""Two-party runtime (threads): bit-exact vs the plaintext integer program, measured == declared.
 
 Every role runs the real protocol code and the real dealer role; only the transport is in-process.
 Real OS processes are covered in test_processes.py.
@@ -84,7 +84,7 @@ def test_client_input_rejected_before_anything_is_shared():
         run_role(None_party(1), pub, batch=1, x=torch.zeros((1, 1, 28, 28)))
 
 
-class None_party:  # noqa: N801 - a stand-in that fails loudly if anything is sent
+class None_party:  # a stand-in that fails loudly if anything is sent
     def __init__(self, rank):
         self.rank = rank
 

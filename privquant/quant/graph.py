@@ -90,7 +90,8 @@ class QGraph:
             if n.kind in ("add", "avgpool"):
                 out.append(n.name)
             elif n.kind in LAYER_KINDS and n.name != final:
-                if not users[n.name] or not all(u.kind == "add" for u in users[n.name]):
+                only_adds = users[n.name] and all(u.kind == "add" for u in users[n.name])
+                if not only_adds:
                     out.append(n.name)
         return out
 

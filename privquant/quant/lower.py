@@ -56,7 +56,7 @@ def lower(qm: QModel) -> Program:
         ints, k = dyadic(mults, qz.bits)
         lo, hi = qz.qmin, qz.qmax
         if qz.relu6:
-            hi = min(hi, int(math.floor(6.0 / s_out + 0.5)))
+            hi = min(hi, math.floor(6.0 / s_out + 0.5))
         arrays = {f"mult{i}": m for i, m in enumerate(ints)}
         arrays["offset"] = _i64(np.full(shape[0], 1 << (k - 1)))
         op = Op(
