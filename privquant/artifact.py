@@ -34,7 +34,7 @@ def write_container(path: str | Path, meta: dict, arrays: dict[str, np.ndarray])
     """Write ``meta`` (JSON-able) and integer/float ``arrays``; return the content hash (hex)."""
     table, blobs, offset = [], [], 0
     for name, a in arrays.items():
-        a = np.ascontiguousarray(a)
+        a = np.ascontiguousarray(a).reshape(np.shape(a))  # keeps 0-d arrays 0-d
         if a.dtype.name not in _DTYPES:
             raise ArtifactError(f"array {name!r} has unsupported dtype {a.dtype}")
         raw = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
@@ -88,8 +88,8 @@ def read_container(path: str | Path) -> tuple[dict, dict[str, np.ndarray], str]:
         )
     try:
         header = json.loads(data[start : start + hlen].decode("utf-8"))
-        if header.get("kind") != "privquant-artifact":
-            raise ValueError("wrong kind")
+        if not isinstance(header, dict) or header.get("kind") != "privquant-artifact":
+            raise ValueError("header is not a privquant artifact header")
         blob = memoryview(body)[start + hlen :]
         arrays = {}
         for e in header["arrays"]:
@@ -102,6 +102,8 @@ def read_container(path: str | Path) -> tuple[dict, dict[str, np.ndarray], str]:
                 raise ValueError(f"array {e['name']!r} out of bounds")
             arrays[e["name"]] = np.frombuffer(blob[off : off + n], dtype=dt).reshape(e["shape"])
         meta = header["meta"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        if not isinstance(meta, dict):
+            raise ValueError("metadata is not an object")
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"artifact {path} is malformed: {e}") from None
     return meta, arrays, digest.hex()

@@ -42,6 +42,17 @@ import torch.nn.functional as F
 from privquant.errors import PrivQuantError
 
 OP_KINDS = ("input", "conv2d", "linear", "sumpool", "maxpool", "flatten", "requant", "output")
+# per op kind: (number of inputs or None for >= 1, required attrs, required public arrays)
+_REQUIRED = {
+    "input": (0, (), ()),
+    "conv2d": (1, ("w_bits", "weight_shape", "stride", "padding", "groups"), ()),
+    "linear": (1, ("w_bits", "weight_shape"), ()),
+    "sumpool": (1, ("kernel", "stride", "padding"), ()),
+    "maxpool": (1, ("kernel", "stride", "padding"), ()),
+    "flatten": (1, (), ()),
+    "requant": (None, ("shift", "lo", "hi"), ("offset",)),
+    "output": (1, (), ()),
+}
 # ops that are linear in their (shared) inputs: computed mod 2**ell of their output's ring
 LINEAR_KINDS = ("conv2d", "linear", "sumpool", "flatten")
 
@@ -200,6 +211,18 @@ class Program:
         for op in self.ops:
             if op.kind not in OP_KINDS:
                 raise PrivQuantError(f"unknown op kind {op.kind!r} in program")
+            if not isinstance(op.attrs, dict) or not isinstance(op.arrays, dict):
+                raise PrivQuantError(f"op {op.name!r}: attributes are not a mapping")
+            n_in, attrs, arrays = _REQUIRED[op.kind]
+            if (n_in is None and not op.inputs) or (n_in is not None and len(op.inputs) != n_in):
+                raise PrivQuantError(f"op {op.name!r} ({op.kind}) has {len(op.inputs)} inputs")
+            if op.kind == "requant":
+                arrays = (*arrays, *(f"mult{i}" for i in range(len(op.inputs))))
+            missing = [a for a in attrs if a not in op.attrs] + [
+                a for a in arrays if a not in op.arrays
+            ]
+            if missing:
+                raise PrivQuantError(f"op {op.name!r} ({op.kind}) lacks {', '.join(missing)}")
             for t in op.inputs:
                 if t not in seen:
                     raise PrivQuantError(f"op {op.name!r} reads {t!r} before it is computed")
@@ -348,6 +371,8 @@ def check_input(program: Program, x) -> torch.Tensor:
     """Validate a client input batch: shape (N, *input_shape) or input_shape, values uint8."""
     t = torch.as_tensor(np.asarray(x))
     shape = tuple(program.input_shape)
+    if t.numel() == 0:
+        raise PrivQuantError("input is empty")
     if tuple(t.shape) == shape:
         t = t.unsqueeze(0)
     if t.dim() != len(shape) + 1 or tuple(t.shape[1:]) != shape:

@@ -103,7 +103,9 @@ class QuantizedModel:
             obj = cls._from_container(meta, arrays)
         except ArtifactError:
             raise
-        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+        except PrivQuantError as e:
+            raise ArtifactError(f"artifact {path} is malformed: {e}") from None
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
             raise ArtifactError(f"artifact {path} is malformed: {e!r}") from None
         obj.content_hash = digest
         return obj
@@ -118,7 +120,7 @@ class QuantizedModel:
             if n.weight is not None:
                 arrays[f"graph/{n.name}/weight"] = n.weight.numpy()
                 arrays[f"graph/{n.name}/bias"] = n.bias.numpy()
-        for k, v in self.qstate.items():
+        for k, v in sorted(self.qstate.items()):
             arrays[f"qstate/{k}"] = v.detach().numpy()
         ops = []
         for i, op in enumerate(self.program.ops):
@@ -132,7 +134,7 @@ class QuantizedModel:
                     "arrays": sorted(op.arrays),
                 }
             )
-            for k, a in op.arrays.items():
+            for k, a in sorted(op.arrays.items()):
                 arrays[f"program/{i}/{k}"] = a
         tensors = {
             n: {"shape": list(t.shape), "lo": t.lo, "hi": t.hi, "scale": t.scale}
@@ -185,6 +187,8 @@ class QuantizedModel:
         }
         program = Program(meta["model"], ops, tensors, p.get("meta", {}))
         program.validate()
+        if not program.has_weights:
+            raise ArtifactError("artifact holds no weights for some layer")
         obj = cls(graph, bits, qstate, program, meta.get("info", {}))
         obj.qmodel("quant")  # checks that the state matches the graph
         return obj
@@ -229,6 +233,8 @@ def quantize(
     if input_shape is None:
         input_shape = tuple(calib_images.shape[1:])
     calib_images = torch.as_tensor(calib_images)
+    if calib_images.dim() == 0 or len(calib_images) == 0:
+        raise PrivQuantError("quantization needs at least one calibration image")
     if calib_images.dtype != torch.uint8 or tuple(calib_images.shape[1:]) != tuple(input_shape):
         raise PrivQuantError(
             f"calibration images must be uint8 of shape (N, {', '.join(map(str, input_shape))})"
