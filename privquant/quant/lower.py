@@ -23,18 +23,47 @@ from privquant.quant.fakequant import INPUT_SCALE, QModel
 REQUANT_EXTRA_BITS = 10
 
 
-def dyadic(mults: list[np.ndarray], out_bits: int) -> tuple[list[np.ndarray], int]:
-    """Integers ``m_i`` and one shift ``k >= 1`` with ``m_i / 2^k ~= mults_i``."""
-    mmax = max(float(np.max(np.abs(m))) for m in mults)
-    if not np.isfinite(mmax) or mmax <= 0:
+def dyadic(
+    mults: list[np.ndarray], out_bits: int, max_p: int | None = None
+) -> tuple[list[np.ndarray], int]:
+    """Integers ``m_i`` and one shift ``k >= 1`` with ``m_i / 2^k ~= mults_i``.
+
+    ``max_p`` caps the multipliers' significant bits so that the pre-sum stays inside the
+    runtime's 62-bit rings; it binds only for the wide bit widths of the internal uniform-bits
+    ablation (never for 2..8-bit layers), where it trades requantization precision for range.
+    """
+    per_input = [float(np.max(np.abs(m))) for m in mults]
+    mmax = max(per_input)
+    if not all(np.isfinite(per_input)) or mmax <= 0:
         raise PrivQuantError("requantization multiplier is zero or not finite")
     p = out_bits + REQUANT_EXTRA_BITS
-    k = max(1, p - 1 - math.floor(math.log2(mmax)))
+    # every input keeps p significant bits in its largest (per-channel) multiplier: the inputs of
+    # a residual add can differ by 1000x, and a shift chosen for the largest alone would leave
+    # the smaller one only a few bits
+    k = max(p - 1 - math.floor(math.log2(m)) for m in per_input if m > 0)
+    if max_p is not None:
+        if max_p < 2:
+            raise PrivQuantError("requantization pre-sum would not fit a 62-bit ring")
+        k = min(k, max_p - 1 - math.floor(math.log2(mmax)))
+    k = max(1, k)
     return [np.round(np.asarray(m, np.float64) * 2.0**k).astype(np.int64) for m in mults], k
 
 
 def _i64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.int64)
+
+
+def smallest_signed(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest signed integer dtype holding all its values (int8 for <= 8 bits)."""
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dt in (np.int8, np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return a.astype(dt)
+    return a.astype(np.int64)
+
+
+# |pre-sum| < 2^60 keeps it (and its ring, signed) inside the runtime's 62-bit limit
+PRESUM_LOG2_LIMIT = 60
 
 
 @torch.no_grad()
@@ -53,7 +82,8 @@ def lower(qm: QModel) -> Program:
         qz = qm.quantizers[node_name]
         s_out = float(qm.a_scale(node_name))
         mults = [np.broadcast_to(real[t] / s_out, (shape[0],)).copy() for t in inputs]
-        ints, k = dyadic(mults, qz.bits)
+        xmax = sum(max(abs(tensors[t].lo), abs(tensors[t].hi)) for t in inputs)
+        ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(xmax + 1)) - 1)
         lo, hi = qz.qmin, qz.qmax
         if qz.relu6:
             hi = min(hi, math.floor(6.0 / s_out + 0.5))
@@ -116,7 +146,7 @@ def lower(qm: QModel) -> Program:
                 ins,
                 f"{n.name}:acc",
                 attrs,
-                {"weight": w_int.numpy().astype(np.int8)},
+                {"weight": smallest_signed(w_int.numpy())},
             )
             bmax = linear_bound(op, xin)
             op.arrays["bias"] = _i64(np.clip(b_int.double().numpy(), -bmax, bmax))

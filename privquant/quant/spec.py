@@ -16,6 +16,11 @@ from pathlib import Path
 from privquant.errors import PrivQuantError
 
 MIN_BITS, MAX_BITS = 2, 8
+# Internal only: `privquant bench --uniform-bits N` (the no-mixed-precision ablation) quantizes at
+# up to 16 bits through ablation_bits(); user input (parse_bits, LayerBits(), assignment files)
+# keeps the 2..8 limit. Assignments holding such bits carry ABLATION_KEY in their JSON.
+ABLATION_MAX_BITS = 16
+ABLATION_KEY = "internal_ablation_bits"
 _UNIFORM = re.compile(r"^w(\d+)a(\d+)$")
 
 
@@ -33,6 +38,19 @@ class LayerBits:
 
     def tag(self) -> str:
         return f"w{self.w}a{self.a}"
+
+
+def ablation_bits(w: int, a: int) -> LayerBits:
+    """LayerBits of up to ABLATION_MAX_BITS for the uniform-bits ablation (internal, bench only)."""
+    for kind, b in (("weight", w), ("activation", a)):
+        if not isinstance(b, int) or isinstance(b, bool) or not MIN_BITS <= b <= ABLATION_MAX_BITS:
+            raise PrivQuantError(
+                f"ablation {kind} bit width {b!r} out of range: use {MIN_BITS}..{ABLATION_MAX_BITS}"
+            )
+    lb = object.__new__(LayerBits)  # bypasses the user-facing range check in __post_init__
+    object.__setattr__(lb, "w", w)
+    object.__setattr__(lb, "a", a)
+    return lb
 
 
 def parse_bits(spec: str) -> LayerBits:
@@ -80,6 +98,9 @@ class BitAssignment:
             d["default"] = {"w": self.default.w, "a": self.default.a}
         if self.model:
             d["model"] = self.model
+        every = [*self.layers.values(), *([self.default] if self.default else [])]
+        if any(max(b.w, b.a) > MAX_BITS for b in every):
+            d[ABLATION_KEY] = True
         return d
 
     @classmethod
@@ -87,9 +108,10 @@ class BitAssignment:
         try:
             if d.get("version", 1) != 1:
                 raise PrivQuantError(f"unsupported assignment version {d.get('version')!r}")
-            layers = {str(k): LayerBits(int(v["w"]), int(v["a"])) for k, v in d["layers"].items()}
+            make = ablation_bits if d.get(ABLATION_KEY) is True else LayerBits
+            layers = {str(k): make(int(v["w"]), int(v["a"])) for k, v in d["layers"].items()}
             default = d.get("default")
-            default = LayerBits(int(default["w"]), int(default["a"])) if default else None
+            default = make(int(default["w"]), int(default["a"])) if default else None
         except PrivQuantError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -110,4 +132,6 @@ class BitAssignment:
             raise PrivQuantError(f"assignment file {p} is not valid JSON: {e}") from None
         if not isinstance(d, dict) or "layers" not in d:
             raise PrivQuantError(f"assignment file {p} has no 'layers' object")
+        if ABLATION_KEY in d:
+            raise PrivQuantError(f"assignment file {p} uses the internal key {ABLATION_KEY!r}")
         return cls.from_dict(d)
