@@ -45,7 +45,7 @@ OP_KINDS = ("input", "conv2d", "linear", "sumpool", "maxpool", "flatten", "requa
 # per op kind: (number of inputs or None for >= 1, required attrs, required public arrays)
 _REQUIRED = {
     "input": (0, (), ()),
-    "conv2d": (1, ("w_bits", "weight_shape", "stride", "padding", "groups"), ()),
+    "conv2d": (1, ("w_bits", "weight_shape", "stride", "padding"), ()),  # groups defaults to 1
     "linear": (1, ("w_bits", "weight_shape"), ()),
     "sumpool": (1, ("kernel", "stride", "padding"), ()),
     "maxpool": (1, ("kernel", "stride", "padding"), ()),
