@@ -9,4 +9,5 @@ scripts/setup.sh
 if [ "$#" -eq 0 ]; then
     set -- -m "not slow"
 fi
+export OMP_WAIT_POLICY=PASSIVE  # idle OpenMP threads sleep: several parties share 2 cores
 exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
