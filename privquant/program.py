@@ -141,40 +141,26 @@ class Program:
         """Everything public: op kinds, names, wiring, attrs (incl. weight shapes), tensor shapes,
         bounds and scales, public arrays (multipliers, offsets). Weights and biases are left out.
         """
-        ops = []
-        for op in self.ops:
-            arrays = {
-                k: {"values": a.astype(np.int64).ravel().tolist(), "shape": list(a.shape)}
-                for k, a in sorted(op.arrays.items())
-                if k not in op.secret_arrays
-            }
-            ops.append(
+        ops = [
+            op_to_dict(
+                op,
                 {
-                    "kind": op.kind,
-                    "name": op.name,
-                    "inputs": op.inputs,
-                    "output": op.output,
-                    "attrs": op.attrs,
-                    "arrays": arrays,
-                }
+                    k: {"values": a.astype(np.int64).ravel().tolist(), "shape": list(a.shape)}
+                    for k, a in sorted(op.arrays.items())
+                    if k not in op.secret_arrays
+                },
             )
-        tensors = {
-            n: {"shape": list(t.shape), "lo": t.lo, "hi": t.hi, "scale": t.scale}
-            for n, t in sorted(self.tensors.items())
-        }
-        return {"model": self.model, "ops": ops, "tensors": tensors}
+            for op in self.ops
+        ]
+        return {"model": self.model, "ops": ops, "tensors": tensors_to_dict(self.tensors)}
 
     @classmethod
     def from_public_dict(cls, d: dict) -> Program:
         """The weight-free program a client or dealer works from (no secret arrays)."""
         try:
             ops = [
-                Op(
-                    o["kind"],
-                    o["name"],
-                    list(o["inputs"]),
-                    o["output"],
-                    dict(o["attrs"]),
+                op_from_dict(
+                    o,
                     {
                         k: np.asarray(v["values"], dtype=np.int64).reshape(v["shape"])
                         for k, v in o["arrays"].items()
@@ -182,12 +168,8 @@ class Program:
                 )
                 for o in d["ops"]
             ]
-            tensors = {
-                n: TensorInfo(n, tuple(v["shape"]), int(v["lo"]), int(v["hi"]), v["scale"])
-                for n, v in d["tensors"].items()
-            }
-            prog = cls(str(d["model"]), ops, tensors, {})
-        except (KeyError, TypeError, ValueError) as e:
+            prog = cls(str(d["model"]), ops, tensors_from_dict(d["tensors"]), {})
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise PrivQuantError(f"malformed public program: {e!r}") from None
         prog.validate()
         return prog
@@ -236,6 +218,37 @@ class Program:
             for k, a in op.arrays.items():
                 if a.dtype.kind not in "iu":
                     raise PrivQuantError(f"op {op.name!r}: array {k!r} is not integer")
+
+
+# ---------------------------------------------------------------------- (de)serialization
+def op_to_dict(op: Op, arrays) -> dict:
+    """JSON form of an op; ``arrays`` is whatever the caller stores for them (values or names)."""
+    return {
+        "kind": op.kind,
+        "name": op.name,
+        "inputs": op.inputs,
+        "output": op.output,
+        "attrs": op.attrs,
+        "arrays": arrays,
+    }
+
+
+def op_from_dict(d: dict, arrays: dict[str, np.ndarray]) -> Op:
+    return Op(d["kind"], d["name"], list(d["inputs"]), d["output"], dict(d["attrs"]), arrays)
+
+
+def tensors_to_dict(tensors: dict[str, TensorInfo]) -> dict:
+    return {
+        n: {"shape": list(t.shape), "lo": t.lo, "hi": t.hi, "scale": t.scale}
+        for n, t in sorted(tensors.items())
+    }
+
+
+def tensors_from_dict(d: dict) -> dict[str, TensorInfo]:
+    return {
+        n: TensorInfo(n, tuple(v["shape"]), int(v["lo"]), int(v["hi"]), v["scale"])
+        for n, v in d.items()
+    }
 
 
 # ---------------------------------------------------------------------- geometry helpers

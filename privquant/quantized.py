@@ -18,7 +18,15 @@ import torch.nn as nn
 from privquant import __version__
 from privquant.artifact import read_container, write_container
 from privquant.errors import ArtifactError, PrivQuantError
-from privquant.program import Op, Program, TensorInfo, output_logits, run_plain
+from privquant.program import (
+    Program,
+    op_from_dict,
+    op_to_dict,
+    output_logits,
+    run_plain,
+    tensors_from_dict,
+    tensors_to_dict,
+)
 from privquant.quant.calibrate import calibrate, qat
 from privquant.quant.fakequant import QModel
 from privquant.quant.graph import QGraph, QNode, capture
@@ -124,22 +132,10 @@ class QuantizedModel:
             arrays[f"qstate/{k}"] = v.detach().numpy()
         ops = []
         for i, op in enumerate(self.program.ops):
-            ops.append(
-                {
-                    "kind": op.kind,
-                    "name": op.name,
-                    "inputs": op.inputs,
-                    "output": op.output,
-                    "attrs": op.attrs,
-                    "arrays": sorted(op.arrays),
-                }
-            )
+            ops.append(op_to_dict(op, sorted(op.arrays)))
             for k, a in sorted(op.arrays.items()):
                 arrays[f"program/{i}/{k}"] = a
-        tensors = {
-            n: {"shape": list(t.shape), "lo": t.lo, "hi": t.hi, "scale": t.scale}
-            for n, t in self.program.tensors.items()
-        }
+        tensors = tensors_to_dict(self.program.tensors)
         meta = {
             "format": 1,
             "privquant_version": __version__,
@@ -171,20 +167,10 @@ class QuantizedModel:
         qstate = {k: t(f"qstate/{k}") for k in meta["qstate"]}
         p = meta["program"]
         ops = [
-            Op(
-                o["kind"],
-                o["name"],
-                list(o["inputs"]),
-                o["output"],
-                o["attrs"],
-                {k: np.array(arrays[f"program/{i}/{k}"]) for k in o["arrays"]},
-            )
+            op_from_dict(o, {k: np.array(arrays[f"program/{i}/{k}"]) for k in o["arrays"]})
             for i, o in enumerate(p["ops"])
         ]
-        tensors = {
-            n: TensorInfo(n, tuple(v["shape"]), int(v["lo"]), int(v["hi"]), v["scale"])
-            for n, v in p["tensors"].items()
-        }
+        tensors = tensors_from_dict(p["tensors"])
         program = Program(meta["model"], ops, tensors, p.get("meta", {}))
         program.validate()
         if not program.has_weights:

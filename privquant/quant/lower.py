@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.program import Op, Program, TensorInfo, linear_bound, pair, requant_presum_bounds
+from privquant.program import (
+    Op,
+    Program,
+    TensorInfo,
+    conv_out_hw,
+    linear_bound,
+    pair,
+    requant_presum_bounds,
+)
 from privquant.quant.fakequant import INPUT_SCALE, QModel
 
 REQUANT_EXTRA_BITS = 10
@@ -104,15 +112,12 @@ def lower(qm: QModel) -> Program:
         real[node_name] = np.asarray(s_out)
         return node_name
 
-    shapes: dict[str, tuple[int, ...]] = {}
-    x_probe = torch.zeros((1, *g.input_shape))
     for n in g.nodes:
         if n.kind == "input":
             ops.append(Op("input", "input", [], "input", {"bits": 8}))
             add_tensor("input", g.input_shape, 0, 255, INPUT_SCALE)
             real["input"] = np.asarray(INPUT_SCALE)
             produced["input"] = "input"
-            shapes["input"] = tuple(g.input_shape)
             continue
         if n.kind == "output":
             src = produced[n.inputs[0]]
@@ -152,17 +157,10 @@ def lower(qm: QModel) -> Program:
             op.arrays["bias"] = _i64(np.clip(b_int.double().numpy(), -bmax, bmax))
             ops.append(op)
             if n.kind == "conv":
-                a = n.attrs
-                y = torch.nn.functional.conv2d(
-                    torch.zeros((1, *xin.shape)),
-                    torch.zeros(w_int.shape),
-                    None,
-                    a["stride"],
-                    a["padding"],
-                    1,
-                    a["groups"],
+                oh, ow = conv_out_hw(
+                    *xin.shape[1:], w_int.shape[2:], attrs["stride"], attrs["padding"]
                 )
-                shape = tuple(y.shape[1:])
+                shape = (w_int.shape[0], oh, ow)
             else:
                 shape = (w_int.shape[0],)
             add_tensor(op.output, shape, -2 * bmax, 2 * bmax)
@@ -182,8 +180,7 @@ def lower(qm: QModel) -> Program:
             else:
                 kern, stride, pad = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
             window = kern[0] * kern[1]
-            oh = (h + 2 * pad[0] - kern[0]) // stride[0] + 1
-            ow = (wd + 2 * pad[1] - kern[1]) // stride[1] + 1
+            oh, ow = conv_out_hw(h, wd, kern, stride, pad)
             sp = Op(
                 "sumpool",
                 n.name,
@@ -199,8 +196,7 @@ def lower(qm: QModel) -> Program:
             xin = tensors[ins[0]]
             c, h, wd = xin.shape
             kern, stride, pad = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
-            oh = (h + 2 * pad[0] - kern[0]) // stride[0] + 1
-            ow = (wd + 2 * pad[1] - kern[1]) // stride[1] + 1
+            oh, ow = conv_out_hw(h, wd, kern, stride, pad)
             op = Op(
                 "maxpool",
                 n.name,
@@ -223,8 +219,6 @@ def lower(qm: QModel) -> Program:
         else:
             raise PrivQuantError(f"cannot lower node kind {n.kind!r}")
         produced[n.name] = out
-        shapes[n.name] = tensors[out].shape
-    del x_probe
     prog = Program(g.model, ops, tensors, {})
     prog.validate()
     return prog
