@@ -32,3 +32,9 @@ def get_comm():
     """CrypTen's communicator module (``crypten.communicator``)."""
     get_crypten()
     return importlib.import_module("crypten.communicator")
+
+
+def crypten_module(name: str) -> ModuleType:
+    """A CrypTen submodule by dotted name (e.g. ``crypten.mpc.provider.ttp_provider``)."""
+    get_crypten()
+    return importlib.import_module(name)

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privquant._crypten import crypten_module
 from privquant.baselines.result import BackendResult, LayerCost
 from privquant.errors import PeerError, PrivQuantError
 
@@ -260,16 +261,14 @@ def run_network(crypten, spec: dict, meter: Meter, rank: int, weights=None, x=No
 
 # ------------------------------------------------------------------------------ roles
 def _init(rank: int, rendezvous: str, timeout: float):
-    from privquant._crypten import get_crypten
+    from privquant._crypten import get_comm, get_crypten
     from privquant.protocols.transport_crypten import init_communicator
 
     crypten = get_crypten()
     crypten.cfg.mpc.provider = "TTP"
     crypten.cfg.communicator.verbose = False
     init_communicator(rank, rendezvous, dealer=True, timeout=timeout)
-    import crypten.communicator as comm
-
-    return crypten, comm.get()
+    return crypten, get_comm().get()
 
 
 def _shutdown() -> None:
@@ -287,9 +286,7 @@ def role_party(rank: int, rendezvous: str, spec: dict, *, weights=None, x=None, 
     t0 = time.perf_counter()
     try:
         crypten._setup_prng()
-        from crypten.mpc.provider.ttp_provider import TTPClient
-
-        TTPClient._init()
+        crypten_module("crypten.mpc.provider.ttp_provider").TTPClient._init()
         setup_s = time.perf_counter() - t0
         w1 = _wchar()
         t1 = time.perf_counter()
@@ -321,11 +318,11 @@ def role_ttp(rendezvous: str, timeout=60.0):
     try:
         import warnings
 
-        from crypten.mpc.provider.ttp_provider import TTPServer
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            TTPServer()  # serves requests until party 0 sends "terminate"
+            crypten_module(
+                "crypten.mpc.provider.ttp_provider"
+            ).TTPServer()  # serves requests until party 0 sends "terminate"
     finally:
         _shutdown()
     return {
