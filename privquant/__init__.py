@@ -9,6 +9,8 @@ Public API (the CLI is a thin layer over it)::
     art.evaluate(images, labels)      # FP32 / fake-quant / integer-program top-1
     res = privquant.infer(art, images[:4])   # private inference: server, client, dealer processes
     res["labels"], res["identical"], res["report"].table()
+    r = privquant.search("resnet8", calib_images, budget_mb=4.8)   # mixed-precision search
+    r.assignment.save("a.json"); r.predicted                          # exact declared cost
 """
 
 __version__ = "0.1.0"
@@ -30,6 +32,10 @@ def __getattr__(name):
         from privquant import serving
 
         return getattr(serving, name)
+    if name in ("search", "Searcher"):
+        from privquant.quant import search
+
+        return getattr(search, name)
     if name in ("BitAssignment", "LayerBits", "parse_bits"):
         from privquant.quant import spec
 
@@ -42,7 +48,9 @@ __all__ = [
     "LayerBits",
     "PrivQuantError",
     "QuantizedModel",
+    "Searcher",
     "load",
     "parse_bits",
     "quantize",
+    "search",
 ]

@@ -66,15 +66,54 @@ def cmd_train(args) -> None:
 
 
 def cmd_quantize(args) -> None:
-    import torch
-
     import privquant
-    from privquant import models
     from privquant.quant.spec import BitAssignment, parse_bits
 
     if (args.bits is None) == (args.assignment is None):
         raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
     bits = parse_bits(args.bits) if args.bits else BitAssignment.load(args.assignment)
+    model, shape, calib = _model_and_calib(args)
+    train_x = train_y = None
+    if args.qat_epochs > 0:
+        train_x, train_y = _load_images("fashion-mnist", "train", args.qat_limit)
+    art = privquant.quantize(
+        model,
+        calib,
+        bits,
+        name=args.model,
+        input_shape=shape,
+        train_images=train_x,
+        train_labels=train_y,
+        qat_epochs=args.qat_epochs,
+        qat_lr=args.qat_lr,
+        freeze_scales=args.freeze_scales,
+        progress=not args.json,
+    )
+    digest = art.save(args.out)
+    res = {
+        "model": args.model,
+        "out": str(args.out),
+        "content_hash": digest,
+        "architecture_hash": art.architecture_hash(),
+        "bits": art.bits.to_dict(),
+        **art.info,
+    }
+    _emit(
+        args,
+        res,
+        f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}  [sha256 {digest[:16]}]",
+    )
+
+
+def _model_and_calib(args):
+    """The float model (``--weights``, else the shipped weights, else random weights with random
+    BatchNorm statistics from ``--seed``), its input shape and the calibration images (Fashion-MNIST
+    training images, or seeded uint8 noise for CIFAR-shaped models). ``quantize`` and ``search``
+    share it, so a searched prediction is exactly what ``quantize --assignment`` then builds."""
+    import torch
+
+    from privquant import models
+
     if args.weights:
         model = models.build_model(args.model)
         wpath = Path(args.weights)
@@ -92,40 +131,14 @@ def cmd_quantize(args) -> None:
         model = models.build_model(args.model)
         _randomize_bn(model, args.seed)
     shape = models.input_shape(args.model)
+    if args.calib < 1:
+        raise PrivQuantError("need at least one calibration image (--calib)")
     if shape == (1, 28, 28):
         calib = _calibration_images(args.calib)
     else:
         gen = torch.Generator().manual_seed(args.seed)
         calib = torch.randint(0, 256, (args.calib, *shape), dtype=torch.uint8, generator=gen)
-    train_x = train_y = None
-    if args.qat_epochs > 0:
-        train_x, train_y = _load_images("fashion-mnist", "train", args.qat_limit)
-    art = privquant.quantize(
-        model,
-        calib,
-        bits,
-        name=args.model,
-        input_shape=shape,
-        train_images=train_x,
-        train_labels=train_y,
-        qat_epochs=args.qat_epochs,
-        qat_lr=args.qat_lr,
-        progress=not args.json,
-    )
-    digest = art.save(args.out)
-    res = {
-        "model": args.model,
-        "out": str(args.out),
-        "content_hash": digest,
-        "architecture_hash": art.architecture_hash(),
-        "bits": art.bits.to_dict(),
-        **art.info,
-    }
-    _emit(
-        args,
-        res,
-        f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}  [sha256 {digest[:16]}]",
-    )
+    return model.eval(), shape, calib
 
 
 def _randomize_bn(model, seed: int) -> None:
@@ -291,6 +304,199 @@ def cmd_bench(args) -> None:
         print(f"wrote {', '.join(rep['files'].values())}")
 
 
+def _bits_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        out = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        raise PrivQuantError(f"{what}: expected comma-separated integers, got {text!r}") from None
+    if not out:
+        raise PrivQuantError(f"{what}: empty list")
+    return out
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        out = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise PrivQuantError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not out or any(not x > 0 for x in out):
+        raise PrivQuantError(f"{what}: give positive numbers")
+    return out
+
+
+def _search_data(args, shape):
+    """(train, test) for QAT and accuracy: Fashion-MNIST models only (None otherwise)."""
+    from privquant.errors import DataError
+
+    if tuple(shape) != (1, 28, 28):
+        if args.qat_epochs > 0:
+            raise PrivQuantError(f"{args.model} is CIFAR-shaped: no training data for QAT here")
+        return None, None, None
+    train = None
+    if args.qat_epochs > 0:
+        train = _load_images("fashion-mnist", "train", args.qat_limit)
+    data = args.data
+    try:
+        test = _load_images(data, "test", args.eval_limit)
+    except DataError:
+        if data != "fashion-mnist":
+            raise
+        data = "fashion-mnist-sample"
+        test = _load_images(data, "test", args.eval_limit)
+    return train, test, data
+
+
+def cmd_search(args) -> None:
+    from privquant.quant import search as S
+    from privquant.quant.spec import BitAssignment
+
+    if args.qat_epochs < 0:
+        raise PrivQuantError("--qat-epochs must be >= 0")
+    limits: dict[str, float] = {}
+    if args.budget_mb is not None:
+        limits["mb"] = args.budget_mb
+    if args.max_rounds is not None:
+        limits["rounds"] = args.max_rounds
+    if args.budget_ms is not None:
+        limits[args.network] = args.budget_ms
+    if args.max_sensitivity is not None:
+        limits["sensitivity"] = args.max_sensitivity
+    if any(v <= 0 for v in limits.values()):
+        raise PrivQuantError("budgets must be positive")
+    objective = "sensitivity" if args.objective == "sensitivity" else args.objective
+    if objective == "latency":
+        objective = args.network
+    budgets = _floats(args.budgets, "--budgets") if args.budgets else None
+    if args.sweep and (limits or objective != "sensitivity"):
+        raise PrivQuantError("--sweep traces MB budgets; it takes no other budget or objective")
+    if budgets and not args.sweep:
+        raise PrivQuantError("--budgets goes with --sweep")
+    cost_limits = [k for k in limits if k != "sensitivity"]
+    if not args.sweep and objective == "sensitivity" and not cost_limits:
+        raise PrivQuantError("give --budget-mb X (or --max-rounds / --budget-ms), or --sweep")
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise PrivQuantError(f"output directory does not exist: {out.parent}")
+    wbits = _bits_list(args.wbits, "--wbits")
+    abits = _bits_list(args.abits, "--abits")
+    model, shape, calib = _model_and_calib(args)
+    train, test, data = _search_data(args, shape)
+    progress = not args.json
+    searcher = S.Searcher(
+        model,
+        args.model,
+        shape,
+        calib,
+        wbits=wbits,
+        abits=abits,
+        method=args.sensitivity,
+        iters=args.hutchinson_iters,
+        amortize=args.amortize,
+        include_setup=args.include_setup,
+        batch=args.batch,
+        time_limit=args.time_limit,
+        progress=progress,
+    )
+    if args.table:
+        S.write_json(searcher.table.to_dict(), args.table)
+
+    def log(msg: str) -> None:
+        if progress:
+            print(msg, file=sys.stderr, flush=True)
+
+    if args.sweep:
+        table = S.sweep(
+            searcher,
+            budgets=budgets,
+            qat_epochs=args.qat_epochs,
+            freeze_scales=not args.learn_scales,
+            train=train,
+            test=test,
+            log=log,
+        )
+        table.update(data=data, eval_images=None if test is None else len(test[0]))
+        png = out.with_suffix(".png")
+        S.write_json(table, out)
+        if test is not None:
+            S.plot_front(table, png)
+        res = {"model": args.model, "out": str(out), "plot": str(png) if test else None, **table}
+        lines = [f"{'point':<22}{'MB':>9}{'top-1':>8}  bits"]
+        for p in table["points"]:
+            if "error" in p:
+                tag = f"budget {p['budget_mb']:.3f}"
+                lines.append(f"{tag:<22}{'-':>9}{'-':>8}  {p['error']}")
+                continue
+            acc = p["accuracy"].get("int_top1")
+            tag = p["bits"] if p["kind"] == "uniform" else f"<= {p['budget_mb']:.3f} MB"
+            lines.append(
+                f"{tag:<22}{p['metrics']['mb']:>9.4f}"
+                f"{'n/a' if acc is None else f'{acc:.2f}':>8}  {p['kind']}"
+            )
+        lines.append(f"wrote {out}" + (f" and {png}" if test is not None else ""))
+        _emit(args, res, "\n".join(lines))
+        return
+    r = searcher.search(limits, objective)
+    point = None
+    if test is not None or args.qat_epochs > 0:
+        point = searcher.trained_point(
+            r.values,
+            qat_epochs=args.qat_epochs,
+            train=train,
+            test=test,
+            qat_lr=args.qat_lr,
+            freeze_scales=not args.learn_scales,
+        )
+        point.pop("artifact")
+    doc = r.assignment.to_dict()
+    doc["search"] = {k: v for k, v in r.to_dict().items() if k not in ("assignment",)}
+    doc["search"].update(
+        sensitivity_method=searcher.sens.method,
+        candidates={"w": list(wbits), "a": list(abits)},
+        batch=args.batch,
+        amortize=args.amortize,
+        include_setup=args.include_setup,
+        calib=args.calib,
+        seed=args.seed,
+    )
+    BitAssignment.from_dict(doc)  # what quantize --assignment will read
+    S.write_json(doc, out)
+    res = {
+        "model": args.model,
+        "out": str(out),
+        "assignment": r.assignment.to_dict(),
+        "predicted": r.predicted.as_dict(),
+        "predicted_metrics": r.metrics,
+        "table_cost": r.table_cost.as_dict(),
+        "sensitivity": r.sensitivity,
+        "limits": r.limits,
+        "objective": r.objective,
+        "solves": r.iterations,
+        "seconds": {**searcher.seconds, "search": r.seconds},
+        "data": data,
+        "trained": point,
+    }
+    m, c = r.metrics, r.predicted
+    lines = [f"{'layer':<28}{'w':>3}{'a':>3}"]
+    lines += [f"{n:<28}{b.w:>3}{b.a:>3}" for n, b in r.assignment.layers.items()]
+    lines.append(
+        f"predicted (PTQ program, exact): {m['mb']:.4f} MB online+offline "
+        f"({c.online_bits / 8e6:.4f} + {c.offline_bits / 8e6:.4f}), setup {c.setup_bits / 8e6:.4f}"
+        f" MB, {c.rounds} rounds, est. LAN {m['lan']:.1f} ms / WAN {m['wan']:.0f} ms"
+    )
+    if point is not None:
+        acc = point["accuracy"]
+        after = f" (after {args.qat_epochs} QAT epoch(s): {point['metrics']['mb']:.4f} MB)"
+        if acc:
+            lines.append(
+                f"top-1 on {acc['n']} {data} test images: FP32 {acc['fp32_top1']:.2f}%  "
+                f"integer program {acc['int_top1']:.2f}%" + (after if args.qat_epochs else "")
+            )
+    else:
+        lines.append("accuracy: n/a (no labelled test set for this input shape)")
+    lines.append(f"wrote {out}")
+    _emit(args, res, "\n".join(lines))
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privquant", description=__doc__.splitlines()[0])
@@ -317,10 +523,61 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--qat-epochs", type=int, default=0, help="QAT fine-tuning epochs")
     q.add_argument("--qat-lr", type=float, default=1e-4)
     q.add_argument("--qat-limit", type=int, default=None, help="QAT on the first N train images")
+    q.add_argument(
+        "--freeze-scales",
+        action="store_true",
+        help="QAT keeps calibration's step sizes (cost stays exactly the PTQ program's)",
+    )
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser(
+        "search", help="communication-aware mixed-precision search (ILP over the cost table)"
+    )
+    s.add_argument("--model", required=True)
+    s.add_argument("--weights", help="state_dict (.pt); default: the shipped reference weights")
+    s.add_argument("--budget-mb", type=float, help="online+offline MB per inference")
+    s.add_argument("--sweep", action="store_true", help="accuracy-vs-MB front (JSON + PNG)")
+    s.add_argument("--budgets", help="sweep budgets in MB (comma-separated); default: uniform MBs")
+    s.add_argument("--max-rounds", type=int, help="bound on the summed per-layer rounds")
+    s.add_argument("--budget-ms", type=float, help="bound on the estimated online latency")
+    s.add_argument("--network", default="lan", choices=["lan", "wan"])
+    s.add_argument(
+        "--objective",
+        default="sensitivity",
+        choices=["sensitivity", "mb", "rounds", "latency"],
+        help="what to minimize (a cost objective usually goes with --max-sensitivity)",
+    )
+    s.add_argument("--max-sensitivity", type=float, help="bound on the summed sensitivity")
+    s.add_argument("--wbits", default="2,3,4,6,8", help="candidate weight bit widths")
+    s.add_argument("--abits", default="2,3,4,6,8", help="candidate activation bit widths")
+    s.add_argument("--sensitivity", default="hessian", choices=["hessian", "measured"])
+    s.add_argument("--hutchinson-iters", type=int, default=32)
+    s.add_argument("--include-setup", action="store_true", help="add setup bits / --amortize")
+    s.add_argument("--amortize", type=int, default=100, help="inferences per model load")
+    s.add_argument("--batch", type=int, default=1, help="images per private inference")
+    s.add_argument("--calib", type=int, default=256, help="calibration images (as quantize)")
+    s.add_argument("--qat-epochs", type=int, default=0, help="fine-tune the result (QAT)")
+    s.add_argument("--qat-lr", type=float, default=1e-4)
+    s.add_argument(
+        "--learn-scales",
+        action="store_true",
+        help="QAT also learns step sizes (better accuracy; the cost then moves off the "
+        "prediction and is re-measured); default: frozen, the prediction stays exact",
+    )
+    s.add_argument("--qat-limit", type=int, default=None, help="QAT on the first N train images")
+    s.add_argument(
+        "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
+    )
+    s.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
+    s.add_argument("--time-limit", type=float, default=120.0, help="MILP seconds per solve")
+    s.add_argument("--table", help="also write the cost table (JSON) here")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="assignment JSON (or the sweep table)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_search)
 
     e = sub.add_parser("eval", help="FP32 / fake-quant / integer-program top-1 of an artifact")
     e.add_argument("artifact")

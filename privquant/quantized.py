@@ -201,12 +201,16 @@ def quantize(
     train_labels: torch.Tensor | None = None,
     qat_epochs: int = 0,
     qat_lr: float = 1e-4,
+    freeze_scales: bool = False,
     progress: bool = True,
 ) -> QuantizedModel:
     """Quantize a float model (or a model name with shipped weights) for private serving.
 
     ``calib_images``: uint8 (N, C, H, W) calibration batch (128 images suffice). With
     ``qat_epochs > 0`` the fake-quant model is fine-tuned on ``train_images/labels`` (uint8).
+    ``freeze_scales``: QAT moves only weights and biases and keeps calibration's step sizes, so
+    every public integer of the program (multipliers, shifts, bounds, hence rings and the
+    communication cost) is exactly the PTQ program's -- what ``privquant search`` predicted.
     """
     from privquant import models
 
@@ -234,8 +238,18 @@ def quantize(
     if qat_epochs > 0:
         if train_images is None or train_labels is None:
             raise PrivQuantError("QAT needs training images and labels")
-        qat(qm, train_images, train_labels, epochs=qat_epochs, lr=qat_lr, progress=progress)
+        scales = [*qm.w_scales.values(), *qm.a_scales.values()]
+        for p in scales if freeze_scales else ():
+            p.requires_grad_(False)  # no gradient: the optimizer leaves them untouched
+        try:
+            qat(qm, train_images, train_labels, epochs=qat_epochs, lr=qat_lr, progress=progress)
+        finally:
+            for p in scales:
+                p.requires_grad_(True)
         info.update(qat_epochs=qat_epochs, qat_images=len(train_images), qat_lr=qat_lr)
+        if freeze_scales:
+            info["qat_scales"] = "frozen"
+
     qm.eval()
     program = lower(qm)
     program.meta.update(bits=assignment.to_dict())

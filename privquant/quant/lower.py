@@ -26,7 +26,7 @@ from privquant.program import (
     pair,
     requant_presum_bounds,
 )
-from privquant.quant.fakequant import INPUT_SCALE, QModel
+from privquant.quant.fakequant import INPUT_SCALE, ActQuantizer, QModel
 
 REQUANT_EXTRA_BITS = 10
 
@@ -74,6 +74,44 @@ def smallest_signed(a: np.ndarray) -> np.ndarray:
 PRESUM_LOG2_LIMIT = 60
 
 
+def requant_clip(qz: ActQuantizer, s_out: float) -> tuple[int, int]:
+    """Output clip range of a requant: the quantizer's grid (ReLU6 also caps at 6)."""
+    lo, hi = qz.qmin, qz.qmax
+    if qz.relu6:
+        hi = min(hi, math.floor(6.0 / s_out + 0.5))
+    return lo, hi
+
+
+def requant_op(
+    name: str,
+    inputs: list[str],
+    shape,
+    qz: ActQuantizer,
+    s_out: float,
+    reals: list,
+    infos: list[TensorInfo],
+) -> Op:
+    """The requant op of quantizer ``qz`` (output scale ``s_out``) over ``inputs`` whose real
+    scales are ``reals`` and bounds ``infos``. Shared by :func:`lower` and the search's cost
+    table (``quant.costtable``), so both build the same public integers."""
+    mults = [np.broadcast_to(r / s_out, (shape[0],)).copy() for r in reals]
+    xmax = sum(max(abs(t.lo), abs(t.hi)) for t in infos)
+    ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(xmax + 1)) - 1)
+    lo, hi = requant_clip(qz, s_out)
+    arrays = {f"mult{i}": m for i, m in enumerate(ints)}
+    arrays["offset"] = _i64(np.full(shape[0], 1 << (k - 1)))
+    op = Op(
+        "requant",
+        name,
+        list(inputs),
+        name,
+        {"shift": k, "lo": lo, "hi": hi, "bits": qz.bits, "signed": qz.signed},
+        arrays,
+    )
+    op.attrs["t_lo"], op.attrs["t_hi"] = requant_presum_bounds(op, infos)
+    return op
+
+
 @torch.no_grad()
 def lower(qm: QModel) -> Program:
     """Build the integer program from a QModel in quant mode (after calibration / QAT)."""
@@ -87,28 +125,18 @@ def lower(qm: QModel) -> Program:
         tensors[name] = TensorInfo(name, tuple(int(s) for s in shape), int(lo), int(hi), scale)
 
     def requant(node_name: str, inputs: list[str], shape) -> str:
-        qz = qm.quantizers[node_name]
         s_out = float(qm.a_scale(node_name))
-        mults = [np.broadcast_to(real[t] / s_out, (shape[0],)).copy() for t in inputs]
-        xmax = sum(max(abs(tensors[t].lo), abs(tensors[t].hi)) for t in inputs)
-        ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(xmax + 1)) - 1)
-        lo, hi = qz.qmin, qz.qmax
-        if qz.relu6:
-            hi = min(hi, math.floor(6.0 / s_out + 0.5))
-        arrays = {f"mult{i}": m for i, m in enumerate(ints)}
-        arrays["offset"] = _i64(np.full(shape[0], 1 << (k - 1)))
-        op = Op(
-            "requant",
+        op = requant_op(
             node_name,
             inputs,
-            node_name,
-            {"shift": k, "lo": lo, "hi": hi, "bits": qz.bits, "signed": qz.signed},
-            arrays,
+            shape,
+            qm.quantizers[node_name],
+            s_out,
+            [real[t] for t in inputs],
+            [tensors[t] for t in inputs],
         )
-        tlo, thi = requant_presum_bounds(op, [tensors[t] for t in inputs])
-        op.attrs["t_lo"], op.attrs["t_hi"] = tlo, thi
         ops.append(op)
-        add_tensor(node_name, shape, lo, hi, s_out)
+        add_tensor(node_name, shape, op.attrs["lo"], op.attrs["hi"], s_out)
         real[node_name] = np.asarray(s_out)
         return node_name
 
