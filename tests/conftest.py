@@ -6,26 +6,15 @@ The quantized lenet5 (shipped reference weights, w8a8, 64 calibration images: wh
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
 from privquant.models import build_model, input_shape
 from privquant.models.calibration import load_calibration
 from privquant.models.data import load_sample
+from privquant.quant.search import single_thread
 
 LENET_CALIB = 64
-
-
-@contextlib.contextmanager
-def single_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def randomize_bn(model: torch.nn.Module, seed: int) -> torch.nn.Module:
