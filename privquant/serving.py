@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import time
 
-import numpy as np
 import torch
 
 from privquant.errors import PeerError, PrivQuantError
@@ -186,8 +185,3 @@ def client(
     finally:
         party.close()
         shutdown_communicator()
-
-
-def as_batch(x) -> torch.Tensor:
-    """numpy/torch image(s) to a uint8-compatible int tensor with a batch dimension."""
-    return torch.as_tensor(np.asarray(x))
