@@ -3,9 +3,19 @@ shares of its bits, by a log-depth prefix circuit (the standard carry / "lt-eq" 
 comparisons of a masked opening, e.g. in ABY and SecureNN; sharing the low block between
 thresholds follows Rabbit, Makri et al. 2021).
 
-Leaves (local, no communication), for bit position ``i`` with public ``c_i`` and shared ``r_i``::
-
-    lt_i = (not c_i) and r_i        eq_i = not (c_i xor r_i)
+Leaves are *digits* of ``d`` bits (``d`` chosen per group, see below), local, no communication.
+For a digit at positions ``p..p+s-1`` with public value ``v`` (those bits of ``C``) and the mask
+digit ``r_D``, both ``lt = [v < r_D]`` and ``eq = [v == r_D]`` are Boolean functions of the ``s``
+mask bits alone, hence XOR-linear in the monomials ``prod_{i in S} r_(p+i)`` (algebraic normal
+form; the coefficients depend only on the public ``v``). The dealer provides XOR shares of every
+monomial of degree >= 2 of each digit (``2^s - s - 1`` bits per digit and element, P1's share by
+correction; degree 1 are the mask bits themselves), so a digit costs no online traffic and no
+round -- the multi-fan-in AND from preprocessed monomials (one-time truth tables, Ishai et al.
+TCC 2013; TinyTable, Damgard et al. CRYPTO 2017), here for the lowest levels of the tree only.
+``d = 1`` is the classic bit-leaf tree: ``lt_i = (not c_i) and r_i``, ``eq_i = not (c_i xor r_i)``.
+The jobs of a group read the *same* mask bits above ``low``, so their high digits share one set
+of monomials. ``d`` is chosen per group from 1..5 for the fewest bits (then the fewest rounds);
+``d = 4`` is typical (11 monomials replace the 3 combines, 2 rounds, of a 4-bit subtree).
 
 Combine a higher block with the block below it, one AND per output, all ANDs of a level (over
 all trees, jobs and groups) in ONE exchange::
@@ -30,17 +40,18 @@ of two operands used once (4 online bits per AND); ``eq_hi`` feeds both gates of
 the low root ``b`` feeds every join, so those gates share an opening (3 operands for 2 gates).
 Reusing a mask for one opened value reveals nothing new.
 
-Cost, with ``U`` = operand openings and ``G`` = AND gates summed over levels and elements::
+Cost, with ``U`` = operand openings and ``G`` = AND gates summed over levels and elements, and
+``M`` = digit monomials (``n * sum over digits of 2^s - s - 1``, low block and high block)::
 
-    online = 2*U bits, offline = G bits, rounds = D
-    D = max over groups of  max(ceil(log2 low), max_j ceil(log2 widths[j]))
+    online = 2*U bits, offline = G + M bits, rounds = D
+    D = max over groups of  max(ceil(log2 ceil(low/d)), max_j ceil(log2 ceil(widths[j]/d)))
                             + [low > 0 and some job has width > 0]
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -105,24 +116,81 @@ class TreePlan:
         return 2 * pairs + len(eqp), gates
 
 
+DIGITS = (1, 2, 3, 4, 5)
+
+
+def digit_sizes(width: int, d: int) -> tuple[int, ...]:
+    """Sizes of the digits (LSB first) of a block of ``width`` bits cut into ``d``-bit digits."""
+    return tuple(min(d, width - i) for i in range(0, width, d))
+
+
+def multi_masks(s: int) -> tuple[int, ...]:
+    """Monomials of degree >= 2 of an ``s``-bit digit, as bit masks (the dealer's item order)."""
+    return tuple(m for m in range(1 << s) if m.bit_count() >= 2)
+
+
 @dataclass(frozen=True)
 class Group:
-    """Comparisons of public values against one shared mask (see module docstring)."""
+    """Comparisons of public values against one shared mask (see module docstring).
+
+    ``digit`` is the leaf digit size ``d`` (0: chosen by :attr:`d` for the fewest bits)."""
 
     n: int
     low: int
     widths: tuple[int, ...]
     want_low: bool = False
+    digit: int = 0
 
     def __post_init__(self):
         if self.low == 0 and any(w == 0 for w in self.widths):
             raise ValueError("a comparison job needs at least one bit")
+        if self.digit and self.digit not in DIGITS:
+            raise ValueError(f"digit size must be one of {DIGITS}, got {self.digit}")
+
+    @cached_property
+    def d(self) -> int:
+        """The digit size: the given one, or the cheapest (bits per element, then depth)."""
+        if self.digit:
+            return self.digit
+
+        def key(d: int):
+            g = replace(self, n=1, digit=d)
+            u, gates = counts([g])
+            return (2 * u + gates + g.monomials, g.depth, d)
+
+        return min(DIGITS, key=key)
+
+    @property
+    def high(self) -> int:
+        """Width of the high region read by the jobs: ``max(widths)`` (0 if none)."""
+        return max(self.widths, default=0)
+
+    @cached_property
+    def blocks(self) -> tuple[tuple[int, tuple[int, ...]], ...]:
+        """``(start, digit sizes)`` of the low block and of the high region (shared by jobs)."""
+        out = []
+        if self.low > 0:
+            out.append((0, digit_sizes(self.low, self.d)))
+        if self.high > 0:
+            out.append((self.low, digit_sizes(self.high, self.d)))
+        return tuple(out)
+
+    @property
+    def monomials(self) -> int:
+        """Dealer monomial bits per element: ``sum over digits of 2^s - s - 1``."""
+        return sum(len(multi_masks(s)) for _start, sizes in self.blocks for s in sizes)
+
+    def leaves(self, width: int) -> int:
+        return -(-width // self.d)
 
     @cached_property
     def trees(self) -> tuple[TreePlan | None, ...]:
-        """The low tree (or None), then one high tree per job (None for width 0)."""
-        low = TreePlan(self.low, False) if self.low > 0 else None
-        return (low, *(TreePlan(w, self.low > 0) if w > 0 else None for w in self.widths))
+        """The low tree (or None), then one high tree per job (None for width 0), over digits."""
+        low = TreePlan(self.leaves(self.low), False) if self.low > 0 else None
+        return (
+            low,
+            *(TreePlan(self.leaves(w), self.low > 0) if w > 0 else None for w in self.widths),
+        )
 
     @property
     def joins(self) -> int:
@@ -153,7 +221,7 @@ class Group:
     @property
     def nbits(self) -> int:
         """Mask bits read: positions ``0 .. low + max(widths) - 1``."""
-        return self.low + max(self.widths, default=0)
+        return self.low + self.high
 
 
 def _depth(groups) -> int:
@@ -174,20 +242,26 @@ def counts(groups) -> tuple[int, int]:
 def cost(groups) -> Cost:
     """Closed-form cost of :func:`online` for these groups."""
     u, gates = counts(groups)
-    return Cost(online_bits=2 * u, offline_bits=gates, rounds=_depth(groups))
+    mono = sum(g.n * g.monomials for g in groups)
+    return Cost(online_bits=2 * u, offline_bits=gates + mono, rounds=_depth(groups))
 
 
 @dataclass
 class CmpPre:
-    """Per level and group: operand masks (nops, n) and gate products ``c`` (gates, n)."""
+    """Per level and group: operand masks (nops, n) and gate products ``c`` (gates, n); per group
+    the digit monomials (M, n) in :func:`multi_masks` order, low block then high region."""
 
     masks: list | None
     cs: list | None
+    monos: list | None = None
 
 
-def offline(corr: Correlations, groups) -> CmpPre:
+def offline(corr: Correlations, groups, mask_bits=None) -> CmpPre:
     """Operand masks (both XOR shares seeded) and, in ONE dealer message, P1's shares of every
-    gate's ``a_i and a_j``."""
+    gate's ``a_i and a_j`` and of every digit monomial of the mask bits.
+
+    ``mask_bits[g]`` is a callable returning the mask's bits ``(nbits, n)`` uint8 of group ``g``
+    -- called only where the mask is known (the dealer); needed when a group has monomials."""
     layout = []
     for lv in range(1, _depth(groups) + 1):
         for g in groups:
@@ -195,6 +269,9 @@ def offline(corr: Correlations, groups) -> CmpPre:
             layout.append((g.n, nops, gs))
     masks = [corr.random_bits((nops, n)) for n, nops, _gs in layout]
     total = sum(n * len(gs) for n, _nops, gs in layout)
+    mono_counts = [g.n * g.monomials for g in groups]
+    if any(mono_counts) and mask_bits is None:
+        raise ValueError("comparison digits need the mask bits (mask_bits) for the monomials")
 
     def products() -> torch.Tensor:
         out = []
@@ -203,24 +280,100 @@ def offline(corr: Correlations, groups) -> CmpPre:
                 ii = torch.tensor([i for i, _ in gs])
                 jj = torch.tensor([j for _, j in gs])
                 out.append((m.value[ii] & m.value[jj]).reshape(-1))
+        for g, cnt, fn in zip(groups, mono_counts, mask_bits or [None] * len(groups)):
+            if cnt:
+                out.append(_monomials(g, fn()).reshape(-1))
         return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
 
-    cflat = corr.share_bits(products, (total,)) if total else None
+    size = total + sum(mono_counts)
+    cflat = corr.share_bits(products, (size,)) if size else None
     if corr.role not in (0, 1):
         return CmpPre(None, None)
     cs, pos = [], 0
     for n, _nops, gs in layout:
         cs.append(cflat[pos : pos + n * len(gs)].reshape(len(gs), n) if gs else None)
         pos += n * len(gs)
-    return CmpPre([m.share for m in masks], cs)
+    monos = []
+    for g, cnt in zip(groups, mono_counts):
+        monos.append(cflat[pos : pos + cnt].reshape(g.monomials, g.n) if cnt else None)
+        pos += cnt
+    return CmpPre([m.share for m in masks], cs, monos)
 
 
-def _leaves(role: int, c: torch.Tensor, rbits: torch.Tensor, start: int, m: int):
-    cb = ring.bits(c, m, start)
-    rb = rbits[start : start + m]
-    lt = (1 - cb) & rb
-    eq = rb ^ (1 - cb) if role == SERVER else rb.clone()
-    return [lt, eq]
+def _monomials(g: Group, rb: torch.Tensor) -> torch.Tensor:
+    """The dealer's plaintext monomials (M, n) of the mask bits ``rb`` (nbits, n)."""
+    rows = []
+    for start, sizes in g.blocks:
+        pos = start
+        for s in sizes:
+            for m in multi_masks(s):
+                bits = [pos + i for i in range(s) if m >> i & 1]
+                v = rb[bits[0]].clone()
+                for i in bits[1:]:
+                    v &= rb[i]
+                rows.append(v)
+            pos += s
+    return torch.stack(rows).to(torch.uint8)
+
+
+def _anf(f) -> list[int]:
+    """Algebraic normal form (Moebius transform) of a truth table ``f`` (list of 0/1)."""
+    a = list(f)
+    s = 1
+    while s < len(a):
+        for m in range(len(a)):
+            if m & s:
+                a[m] ^= a[m ^ s]
+        s <<= 1
+    return a
+
+
+def _tables(s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ANF coefficient tables ``(LT, EQ)``, each (2^s values v, 2^s monomial masks) uint8, of
+    ``r -> [v < r]`` and ``r -> [v == r]`` over ``s``-bit ``r``."""
+    if s not in _TABLES:
+        vals = range(1 << s)
+        lt = [_anf([int(v < r) for r in vals]) for v in vals]
+        eq = [_anf([int(v == r) for r in vals]) for v in vals]
+        _TABLES[s] = (torch.tensor(lt, dtype=torch.uint8), torch.tensor(eq, dtype=torch.uint8))
+    return _TABLES[s]
+
+
+_TABLES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | None):
+    """Per block, per digit: this party's shares (2^s, n) of ALL monomials of the digit (mask 0 is
+    the constant 1, held by P0; single bits are the mask-bit shares)."""
+    out, row = [], 0
+    for start, sizes in g.blocks:
+        digits, pos = [], start
+        for s in sizes:
+            full = torch.empty((1 << s, g.n), dtype=torch.uint8)
+            full[0] = 1 if role == SERVER else 0
+            for i in range(s):
+                full[1 << i] = rbits[pos + i]
+            for m in multi_masks(s):
+                full[m] = mono[row]
+                row += 1
+            digits.append(full)
+            pos += s
+        out.append(digits)
+    return out
+
+
+def _leaves(g: Group, digits: list[torch.Tensor], c: torch.Tensor, start: int, width: int):
+    """Shares of ``[lt, eq]`` (leaves, n) of the digits of bits ``start..start+width-1`` of the
+    public ``c`` against the mask (``digits`` = :func:`_block_monos` of the block at ``start``)."""
+    lts, eqs = [], []
+    for i, pos in enumerate(range(0, width, g.d)):
+        s = min(g.d, width - pos)
+        v = (c >> (start + pos)) & ((1 << s) - 1)
+        mono = digits[i][: 1 << s].T  # (n, 2^s): monomials of the digit's first s bits
+        lt_t, eq_t = _tables(s)
+        lts.append(((lt_t[v] & mono).sum(1) & 1).to(torch.uint8))
+        eqs.append(((eq_t[v] & mono).sum(1) & 1).to(torch.uint8))
+    return [torch.stack(lts), torch.stack(eqs)]
 
 
 def online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[list[torch.Tensor]]:
@@ -236,10 +389,12 @@ def online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[li
     role = party.rank
     # state[g][t] = [lt, eq] tensors (nodes, n) of tree t of group g
     state: list[list[list[torch.Tensor] | None]] = []
-    for g, (rbits, c_low, c_jobs) in zip(groups, data):
-        st = [_leaves(role, c_low, rbits, 0, g.low) if g.low > 0 else None]
+    for gi, (g, (rbits, c_low, c_jobs)) in enumerate(zip(groups, data)):
+        mono = pre.monos[gi] if pre.monos else None
+        blocks = dict(zip([b[0] for b in g.blocks], _block_monos(role, g, rbits, mono)))
+        st = [_leaves(g, blocks[0], c_low, 0, g.low) if g.low > 0 else None]
         for w, c in zip(g.widths, c_jobs):
-            st.append(_leaves(role, c, rbits, g.low, w) if w > 0 else None)
+            st.append(_leaves(g, blocks[g.low], c, g.low, w) if w > 0 else None)
         state.append(st)
 
     idx = 0
@@ -373,7 +528,7 @@ class Compare(Protocol):
             return None
         r = corr.random_ring((sig.n,), sig.ell)
         rbits = corr.share_bits(lambda: ring.bits(r.value, sig.ell), (sig.ell, sig.n))
-        return r.share, rbits, offline(corr, [grp])
+        return r.share, rbits, offline(corr, [grp], [lambda: ring.bits(r.value, grp.nbits)])
 
     def online(self, party: Party, sig: CompareSig, pre, x: torch.Tensor) -> list[torch.Tensor]:
         mode, const, grp = sig.plan

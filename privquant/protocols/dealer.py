@@ -181,6 +181,13 @@ class Correlations:
         value = b0 ^ b1 if self.knows_values else None
         return Rand(self._mine(b0, b1), value)
 
+    def private_bits(self, shape) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Random bits ``rho0`` known to P0 and the dealer and ``rho1`` known to P1 and the dealer
+        (both seeded, 0 offline bits). Returns ``(rho0, rho1)``, None where this role lacks one."""
+        b0 = ring.random_bits(self._gens["d0"], shape) if self._draws("d0") else None
+        b1 = ring.random_bits(self._gens["d1"], shape) if self._draws("d1") else None
+        return b0, b1
+
     def common_ring(self, shape, ell: int) -> torch.Tensor | None:
         """Randomness shared by P0 and P1 only (None at the dealer)."""
         return ring.uniform(self._gens["01"], shape, ell) if self.role != DEALER else None

@@ -81,6 +81,7 @@ import torch
 from privquant.errors import PrivQuantError
 from privquant.program import signed_bits
 from privquant.protocols import bitpoly, compare, ring
+from privquant.protocols import lift as lifting
 from privquant.protocols.bitpoly import Poly, PolySpec
 from privquant.protocols.channel import SERVER, Party
 from privquant.protocols.cost import ZERO, Cost
@@ -125,6 +126,8 @@ class RequantPlan:
     lo: int = 0
     hi: int = 0
     n: int = 0
+    ell_poly: int = 0  # ring of the selection polynomial: ell_out, or m when lifted
+    lift: bool = False
 
     @property
     def H(self) -> int:
@@ -177,32 +180,64 @@ def plan_requant(sig: RequantSig) -> RequantPlan:
             form = "adom"
         elif h_full and a_part:
             form = "hdom"
-    if form is not None:
-        width = L - 1 - k
-        need_x = width < Lo
+
+    def build(ell_poly: int) -> RequantPlan:
+        if form is not None:
+            width = L - 1 - k
+            need_x = width < ell_poly
+            jobs = []
+            if a is None or need_x:
+                assert a is not None or t_ref == Ta
+                jobs.append(("ref", t_ref))
+            if h is None:
+                jobs.append(("h", Th))
+            if a is None or h is None:
+                rbits = L
+            elif jobs:
+                rbits = L - 1
+            else:
+                rbits = k
+            group = (
+                compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0)
+                if (jobs or k > 0)
+                else None
+            )
+            return RequantPlan(
+                "msb",
+                a=a,
+                h=h,
+                form=form,
+                t_ref=t_ref,
+                jobs=tuple(jobs),
+                width=width,
+                need_x=need_x,
+                kappa=1 << width,
+                rbits=rbits,
+                group=group,
+                **base,
+                ell_poly=ell_poly,
+                lift=ell_poly < Lo,
+            )
+        width = L - k
+        need_x = width < ell_poly
         jobs = []
-        if a is None or need_x:
-            assert a is not None or t_ref == Ta
-            jobs.append(("ref", t_ref))
+        if a is None or h is None or need_x:
+            jobs.append(("w", 0))
+        if a is None:
+            jobs.append(("a", Ta))
         if h is None:
             jobs.append(("h", Th))
-        if a is None or h is None:
-            rbits = L
-        elif jobs:
-            rbits = L - 1
-        else:
-            rbits = k
+        rbits = L if jobs else k
         group = (
             compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0)
             if (jobs or k > 0)
             else None
         )
         return RequantPlan(
-            "msb",
+            "rabbit",
             a=a,
             h=h,
-            form=form,
-            t_ref=t_ref,
+            form="s",
             jobs=tuple(jobs),
             width=width,
             need_x=need_x,
@@ -210,37 +245,27 @@ def plan_requant(sig: RequantSig) -> RequantPlan:
             rbits=rbits,
             group=group,
             **base,
+            ell_poly=ell_poly,
+            lift=ell_poly < Lo,
         )
-    width = L - k
-    need_x = width < Lo
-    jobs = []
-    if a is None or h is None or need_x:
-        jobs.append(("w", 0))
-    if a is None:
-        jobs.append(("a", Ta))
-    if h is None:
-        jobs.append(("h", Th))
-    rbits = L if jobs else k
-    group = (
-        compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0) if (jobs or k > 0) else None
-    )
-    return RequantPlan(
-        "rabbit",
-        a=a,
-        h=h,
-        form="s",
-        jobs=tuple(jobs),
-        width=width,
-        need_x=need_x,
-        kappa=1 << width,
-        rbits=rbits,
-        group=group,
-        **base,
-    )
+
+    # The selection polynomial is evaluated in the output ring, or in the small ring of
+    # q - lo (m bits) and lifted once (:mod:`privquant.protocols.lift`): whichever costs fewer
+    # bits (then rounds).
+    plans = [build(Lo)]
+    m = (qhi - sig.lo).bit_length() + 1
+    if m < Lo:
+        plans.append(build(m))
+    return min(plans, key=lambda p: (_total_bits(plan_cost(p)), plan_cost(p).rounds))
+
+
+def _total_bits(c: Cost) -> int:
+    return c.online_bits + c.offline_bits + c.setup_bits
 
 
 def build_poly(plan: RequantPlan, P: torch.Tensor) -> Poly:
-    """The selection polynomial of step 5 in ``Z_{2^L'}`` (``P`` public, per element)."""
+    """The selection polynomial of step 5 for ``q - lo``, in ``Z_{2^ell_poly}`` (``P`` public, per
+    element); ``lo`` is added by P0 after the evaluation (and the lift, if any)."""
     Z = Poly.const(P) - Poly.arith("R")
     if plan.k > 0:
         Z = Z - Poly.var("b")
@@ -251,27 +276,34 @@ def build_poly(plan: RequantPlan, P: torch.Tensor) -> Poly:
     span = plan.hi - plan.lo
     if plan.form == "s":
         S = Poly.var("s") if (plan.a is None and plan.h is None) else A - Hh
-        q = plan.lo + S * Z + Hh * span
+        q = S * Z + Hh * span
     elif plan.form == "adom":
-        q = plan.lo + A * Z - A * Hh * Z + A * Hh * span
+        q = A * Z - A * Hh * Z + A * Hh * span
     else:
-        q = plan.lo + A * Z - A * Hh * Z + Hh * span
-    return q.reduced(plan.ell_out)
+        q = A * Z - A * Hh * Z + Hh * span
+    return q.reduced(plan.ell_poly)
 
 
 def poly_spec(plan: RequantPlan) -> PolySpec:
-    return PolySpec.of(build_poly(plan, torch.zeros(1, dtype=torch.int64)), plan.ell_out, plan.n)
+    return PolySpec.of(build_poly(plan, torch.zeros(1, dtype=torch.int64)), plan.ell_poly, plan.n)
 
 
-def cost(sig: RequantSig) -> Cost:
-    """Closed-form cost of :func:`online` (see the module docstring)."""
-    plan = sig.plan
+def plan_cost(plan: RequantPlan) -> Cost:
+    """Closed-form cost of :func:`online` for this plan (see the module docstring)."""
     if plan.kind in ("const", "local"):
         return ZERO
     c = Cost(online_bits=2 * plan.n * plan.L, offline_bits=plan.n * plan.rbits, rounds=1)
     if plan.group is not None:
         c = c.then(compare.cost([plan.group]))
-    return c.then(poly_spec(plan).cost())
+    c = c.then(poly_spec(plan).cost())
+    if plan.lift:
+        c = c.then(lifting.cost(plan.n, plan.ell_poly, plan.ell_out))
+    return c
+
+
+def cost(sig: RequantSig) -> Cost:
+    """Closed-form cost of :func:`online` (see the module docstring)."""
+    return plan_cost(sig.plan)
 
 
 @dataclass
@@ -281,6 +313,7 @@ class RequantPre:
     tri: compare.CmpPre | None = None
     spec: PolySpec | None = None
     poly: bitpoly.PolyPre | None = None
+    lift: lifting.LiftPre | None = None
     extra: dict = field(default_factory=dict)
 
 
@@ -296,7 +329,11 @@ def offline(corr: Correlations, sig: RequantSig) -> RequantPre | None:
         if plan.rbits
         else None
     )
-    tri = compare.offline(corr, [plan.group]) if plan.group is not None else None
+    tri = (
+        compare.offline(corr, [plan.group], [lambda: ring.bits(r.value, plan.group.nbits)])
+        if plan.group is not None
+        else None
+    )
     spec = poly_spec(plan)
     if plan.kind == "msb":
 
@@ -308,7 +345,8 @@ def offline(corr: Correlations, sig: RequantSig) -> RequantPre | None:
             return r.value >> k
 
     ppre = bitpoly.offline(corr, spec, {"R": R})
-    return RequantPre(r.share, rbits, tri, spec, ppre)
+    lpre = lifting.offline(corr, n, plan.ell_out) if plan.lift else None
+    return RequantPre(r.share, rbits, tri, spec, ppre, lpre)
 
 
 def _pub(party: Party, bits: torch.Tensor) -> torch.Tensor:
@@ -375,11 +413,15 @@ def online(
         P = (c >> k) - (1 << (L - 1 - k)) - plan.lo
     if plan.a is None and plan.h is None and plan.form == "s":
         bits["s"] = bits["a"] ^ bits["h"]
-    poly = build_poly(plan, ring.reduce(P, Lo))
+    poly = build_poly(plan, ring.reduce(P, plan.ell_poly))
     q = bitpoly.online(
         party, pre.spec, pre.poly, poly, {v: bits[v] for v in pre.spec.vars}, tag=f"{tag}.sel"
     )
-    return q.reshape(shape)
+    if plan.lift:
+        q = lifting.online(party, pre.lift, q, plan.ell_poly, Lo, tag=f"{tag}.lift")
+    if party.rank == SERVER:
+        q = q + plan.lo
+    return ring.reduce(q, Lo).reshape(shape)
 
 
 # ----------------------------------------------------------------------------- unfused ablation

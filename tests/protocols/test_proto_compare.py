@@ -12,14 +12,15 @@ from privquant.protocols.sim import run_protocol
 from privquant.protocols.transport_thread import simulate
 
 
-def _run(groups, data0, data1, dealer):
+def _run(groups, data0, data1, dealer, rvals):
     sim = dealer == "simulated"
     book = simulated_dealer_book() if sim else None
 
     def body(p, data):
         seeds = Seeds.derived(3) if sim else Seeds.derived(3, p.rank)
         corr = make_correlations(p, seeds, simulated=sim, dealer_book=book)
-        pre = compare.offline(corr, groups)
+        fns = [lambda r=r, g=g: ring.bits(r, g.nbits) for r, g in zip(rvals, groups)]
+        pre = compare.offline(corr, groups, fns)
         if p.rank == 2:
             return None
         return compare.online(p, groups, pre, data)
@@ -48,7 +49,8 @@ def group_cases(draw):
         widths = tuple(draw(st.integers(0 if low else 1, 9)) for _ in range(njobs))
         want_low = low > 0 and draw(st.booleans())
         n = draw(st.integers(1, 12))
-        out.append(compare.Group(n, low, widths, want_low))
+        digit = draw(st.sampled_from((0, *compare.DIGITS)))
+        out.append(compare.Group(n, low, widths, want_low, digit))
     return out
 
 
@@ -60,10 +62,11 @@ def group_cases(draw):
 )
 def test_compare_exact_and_cost(groups, seed, dealer):
     g = torch.Generator().manual_seed(seed)
-    data0, data1, expect = [], [], []
+    data0, data1, expect, rvals = [], [], [], []
     for grp in groups:
         nb = max(grp.nbits, 1)
         r = ring.uniform(g, (grp.n,), nb) if nb > 1 else ring.random_bits(g, (grp.n,)).long()
+        rvals.append(r)
         # public values: random, and some equal to r or r +- 1 on the compared bits (edge cases)
         cs = []
         for _ in range(len(grp.widths) + 1):
@@ -87,7 +90,7 @@ def test_compare_exact_and_cost(groups, seed, dealer):
         data0.append((rb0, c_low, c_jobs))
         data1.append((rb1, c_low, c_jobs))
         expect.append(exp)
-    out0, out1, stats = _run(groups, data0, data1, dealer)
+    out0, out1, stats = _run(groups, data0, data1, dealer, rvals)
     for e, a, b in zip(expect, out0, out1):
         assert len(e) == len(a)
         for ee, aa, bb in zip(e, a, b):
@@ -107,10 +110,17 @@ def test_tree_plan_counts():
     assert [len(e) for e in t.eq_parents] == [3, 1, 0]
     t = compare.TreePlan(7, True)
     assert t.depth == 3 and all(len(e) == t.sizes[i] // 2 for i, e in enumerate(t.eq_parents))
-    # requant at L=20, k=12, two thresholds of 7 bits: 44 gates, 68 openings, 5 levels
-    grp = compare.Group(1, 12, (7, 7), want_low=True)
-    assert grp.depth == 5
+    # requant at L=20, k=12, two thresholds of 7 bits, bit leaves: 44 gates, 68 openings, 5 levels
+    grp = compare.Group(1, 12, (7, 7), want_low=True, digit=1)
+    assert grp.depth == 5 and grp.monomials == 0
     assert compare.counts([grp]) == (68, 44)
+    # 4-bit digits: low 3 digits (33 monomials), high 4+3 bits shared by both jobs (11 + 4);
+    # trees over 3 leaves (2 lt gates, 4 openings) and 2 leaves (lt and eq: 2 gates, 3 openings)
+    # per job, joins (b + 2 eq: 2 gates, 3 openings): 13 openings, 8 gates, 3 levels
+    grp = compare.Group(1, 12, (7, 7), want_low=True, digit=4)
+    assert grp.depth == 3 and grp.monomials == 33 + 15
+    assert compare.counts([grp]) == (13, 8)
+    assert compare.Group(1, 12, (7, 7), want_low=True).d in compare.DIGITS
     assert compare.depth(1) == 0 and compare.depth(2) == 1 and compare.depth(5) == 3
 
 

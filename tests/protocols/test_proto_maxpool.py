@@ -8,7 +8,7 @@ from proto_testlib import assert_cost, share
 
 from privquant.errors import PrivQuantError
 from privquant.program import Op, Program, TensorInfo, apply_op, signed_bits
-from privquant.protocols import ring
+from privquant.protocols import compare, ring
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
 from privquant.protocols.sim import run_protocol
 
@@ -74,7 +74,10 @@ def test_maxpool_levels_and_ring_change(ell_out):
         ring.reconstruct(run.out0, run.out1, ell_out), _reference(x, 0, 15, (3, 3), (3, 3), (0, 0))
     )
     assert_cost(run, MAXPOOL.cost(sig))
-    assert run.stats.rounds == 4 * (2 + 2)  # per level: open, ceil(log2 4) tree levels, select
+    # per level: open, the 4-bit comparison's tree levels (2 with bit leaves, fewer with digit
+    # leaves), select
+    tree = compare.Group(1, 0, (4,)).depth
+    assert tree < 2 and run.stats.rounds == 4 * (2 + tree)
 
 
 def test_maxpool_rejects_too_small_ring():

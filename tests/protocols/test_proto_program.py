@@ -162,10 +162,9 @@ def test_toy_program_end_to_end(backend, prefix):
         total = total.then(declared)
     joint = combine([p.stats for p in res.parties])
     # the session depth is at most the sum of the per-op rounds: ops whose first message does not
-    # wait for the previous op's last one overlap (here: unfused leaves P0 a round ahead of P1)
-    assert joint.rounds <= total.rounds
-    if backend == "privquant":
-        assert joint.rounds == total.rounds
+    # wait for the previous op's last one overlap (one party can run a round ahead of the other
+    # after a one-way message, e.g. a linear layer's P1 -> P0 followed by an exchange)
+    assert total.rounds - len(prog.ops) <= joint.rounds <= total.rounds
     assert joint.bits_sent["online"] == total.online_bits
     assert joint.bits_sent["offline"] == total.offline_bits
     assert joint.bits_sent["setup"] == total.setup_bits + SEED_SETUP_COST.setup_bits
