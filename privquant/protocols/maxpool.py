@@ -29,7 +29,9 @@ pair, ``V``/``I`` of the selection polynomial)::
     last + ext  : online 4nL + 2cmp + 6n,  offline n(2L-1) + 2cmp + 7nL', rounds 1 + D + 1
     1x1 + ext   : online 2nL + cmp + 2n,   offline n(L-1) + cmp + 2nL',   rounds 1 + D + 1
 
-with ``D = ceil(log2(L-1))``; levels add up (``ceil(log2(kh*kw))`` levels).
+with ``D`` the depth of the ``L-1``-bit comparison tree over its digits and ``cmp`` including the
+digit monomials (:mod:`~privquant.protocols.compare`); levels add up (``ceil(log2(kh*kw))``
+levels).
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ Steps (mode ``msb``, the usual one):
    with ``Z = z - lo``; public constants replace decided bits (``a = 1`` when ``tlo >= lo*2^k``,
    ``h = 0`` when ``thi < (hi+1)*2^k``: those thresholds are skipped). The polynomial is evaluated
    by :mod:`privquant.protocols.bitpoly` with ONE final opening of the masked bits.
+6. Lift (see below) if the selection ran in the small ring.
 
 Mode ``rabbit`` (fallback when no MSB window fits, e.g. truncation of a full-range ``t`` without
 clipping, or signed clips of wide ranges): ``w = [c < r]`` (the ring wrap),
@@ -57,18 +58,28 @@ is secret and ``2^(L-k) mod 2^L' = 0``).
 Modes ``const`` (bounds decide the output: shares ``(q, 0)``, no traffic) and ``local``
 (``k = 0``, no clip, ``L' <= L``: reduce the shares mod ``2^L'``, no traffic).
 
-Cost (``n`` elements, ``J`` jobs of width ``m`` (``L-1-k`` msb, ``L-k`` rabbit) sharing a low block
-of ``k`` bits, ``U`` operand openings and ``G`` AND gates of :func:`compare.cost`, ``V`` opened bits
-and ``I`` dealer items of the selection polynomial, ``rbits`` mask bits shared as XOR)::
+Lift (step 6, when it costs fewer bits): the polynomial of step 5 is written for ``q - lo`` in
+``[0, hi - lo]``, so it can be evaluated in the small ring ``Z_{2^m}``, ``m = bitlen(hi - lo) + 1``
+(``2^width * x`` vanishes there when ``width >= m``, dropping the ``x`` job and items), and lifted
+once to ``Z_{2^L'}`` by :mod:`privquant.protocols.lift` (known-MSB wrap: 2 online bits, one dealer
+item in ``Z_{2^L'}``, 1 round); P0 adds ``lo``. The plan keeps whichever of the two (selection in
+``Z_{2^L'}``, or in ``Z_{2^m}`` plus the lift) has fewer total bits, then fewer rounds.
 
-    online  = 2*n*L + 2*U + 2*n*V     bits
-    offline = n*rbits + G + n*L'*I    bits   (r's arithmetic shares are both seeded)
-    rounds  = 1 + D + [V > 0],        D = max(ceil(log2 k), ceil(log2 m)) + [k > 0 and m > 0]
+Cost (``n`` elements, ``J`` jobs of width ``m`` (``L-1-k`` msb, ``L-k`` rabbit) sharing a low block
+of ``k`` bits, ``U`` operand openings, ``G`` AND gates and ``M`` digit monomials of
+:func:`compare.cost`, ``V`` opened bits and ``I`` dealer items of the selection polynomial in its
+ring ``L_p`` (``L'``, or ``m`` when lifted), ``rbits`` mask bits shared as XOR)::
+
+    online  = 2*n*L + 2*U + 2*n*V + [lift]*2*n              bits
+    offline = n*rbits + G + M + n*L_p*I + [lift]*n*L'        bits   (r's shares are both seeded)
+    rounds  = 1 + D + [V > 0] + [lift]
+    D = max(ceil(log2 ceil(k/d)), ceil(log2 ceil(m/d))) + [k > 0 and m > 0]   (d: digit size)
 
 Example: ``L = 20, k = 12, L' = 20``, ``t`` over the whole ring, ReLU and clip at 15: form
-``adom`` (the upper test is only valid where ``a = 1``), ``J = 2, m = 7``, per element
-``U = 68, G = 44``, ``V = 4`` (a, h, b, beta_ref), ``I = 15``, ``rbits = 20``: 184 online bits,
-364 offline bits, 7 rounds. Without an upper clip (form s, ``J = 1``): 144 online bits.
+``adom`` (the upper test is only valid where ``a = 1``), ``J = 2, m = 7``, 3-bit digits, per
+element ``U = 22, G = 14, M = 24``, ``V = 4`` (a, h, b, beta_ref), lifted from ``Z_{2^5}`` with
+``I = 11``, ``rbits = 20``: 92 online bits, 133 offline bits, 6 rounds (bit leaves and the
+selection in ``Z_{2^20}``: 184, 364, 7).
 """
 
 from __future__ import annotations
