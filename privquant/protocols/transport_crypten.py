@@ -11,17 +11,47 @@ Timeouts (measured with torch 2.13 / gloo): the process-group ``timeout`` bounds
 but a *blocking* ``dist.recv`` ignores it (it waits until the peer's socket closes). So every
 receive here is ``irecv(...).wait(timeout)``, which raises after the timeout; a peer that exits
 closes its sockets and makes pending receives fail at once. Both become
-:class:`~privquant.errors.PeerError`. A message whose size differs from the posted receive makes
-gloo abort the whole process, which is why the fixed-size header travels as its own message and
-is checked before the payload receive is posted.
+:class:`~privquant.errors.PeerError`. The header waits at most ``timeout``, then the rest of the
+payload at most ``timeout`` again.
+
+Framing (format v2) and why. Measured with torch 2.13's gloo (TCP, unbound buffers):
+
+* a send is transmitted only once the receiver's receive is posted (the receiver announces it,
+  the sender waits for the notice). Posting a receive only when the message is needed makes a
+  hop cost a round trip plus a one-way delay, and posting the payload's receive only after the
+  header arrived (format v1) one more round trip;
+* a message *shorter* than the posted receive completes it silently (the rest of the buffer is
+  left as it was); a message *longer* than the posted receive aborts the whole process
+  (``terminate``: "op.preamble.length <= op.nbytes"), which no Python code can catch.
+
+So a message is the bytes ``header + payload`` cut into pieces of ``PIECE_BYTES`` (the last one
+shorter), all posted at once by the sender, and every receive posted is exactly ``PIECE_BYTES``
+long: a receive fits any piece, so
+
+* no v2 message can abort the receiver: whatever a mismatched peer sends, its first piece lands
+  in our first receive, the header check (:meth:`Party._recv`) raises
+  :class:`~privquant.errors.PeerError`, and surplus pieces are simply never used;
+* receives can be posted before anyone knows what will come: after the first valid message from
+  a source, ``WINDOW`` receives from it are kept posted (re-posted as soon as a message has been
+  copied out), so the peer's notices are already there when it sends, and a hop costs one
+  one-way delay (the ``rounds * RTT / 2`` of the latency estimate). A receive needing more pieces
+  than are posted posts the rest before waiting. The first message from each source is received
+  with exactly its pieces posted (one round trip more, once), so that a format-v1 peer (header
+  alone, then an unbounded payload) only meets single-piece receives before our version check
+  rejects it; a v1 process receiving from us may still abort (its own limitation).
+
+The transport owns point-to-point tag 0 of both groups: the windows would take any other
+message sent there (CrypTen's own ``send``/``recv`` must not be mixed into a session).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import os
 import re
+import time
 
 import numpy as np
 import torch
@@ -31,6 +61,11 @@ from privquant.errors import PeerError
 from privquant.protocols.channel import DEALER, HEADER_BYTES, PARTY_NAMES, SendHandle, Transport
 
 DEFAULT_TIMEOUT = 60.0
+# Every gloo message is at most this long, and every receive posted is exactly this long (see
+# the module docstring): part of the v2 wire format, both parties must agree on it.
+PIECE_BYTES = 1 << 18
+# Receives kept posted per source once it has sent a valid message (WINDOW * PIECE_BYTES bytes).
+WINDOW = 8
 
 
 def _dist():
@@ -155,6 +190,10 @@ class CryptenTransport(Transport):
         self.rank = self.comm.get_rank()
         self.timeout = datetime.timedelta(seconds=timeout)
         self._timeout_s = timeout
+        # per source: posted receives (buffer, work) in posting order = gloo's matching order
+        self._posted: dict[int, collections.deque] = {}
+        # per source: the pieces of the message whose header recv_header returned, and its size
+        self._inbox: dict[int, tuple[list, int]] = {}
 
     def _isend(self, t: torch.Tensor, dst: int):
         if DEALER in (self.rank, dst):
@@ -167,20 +206,26 @@ class CryptenTransport(Transport):
         return self.comm.irecv(t, src)
 
     def post_send(self, dst: int, header: bytes, payload: np.ndarray) -> SendHandle:
-        h = torch.frombuffer(bytearray(header), dtype=torch.uint8)
-        p = torch.from_numpy(np.ascontiguousarray(payload, dtype=np.uint8))
+        p = np.ascontiguousarray(payload, dtype=np.uint8).reshape(-1)
+        first = min(p.size, PIECE_BYTES - HEADER_BYTES)
+        head = np.empty(HEADER_BYTES + first, dtype=np.uint8)
+        head[:HEADER_BYTES] = np.frombuffer(header, dtype=np.uint8)
+        head[HEADER_BYTES:] = p[:first]
+        pieces = [torch.from_numpy(head)]
+        pieces += [
+            torch.from_numpy(p[i : i + PIECE_BYTES]) for i in range(first, p.size, PIECE_BYTES)
+        ]
         what = f"a message to the {PARTY_NAMES[dst]}"
         try:
-            works = [self._isend(h, dst)]
-            if p.numel():
-                works.append(self._isend(p, dst))
+            works = [self._isend(t, dst) for t in pieces]
         except Exception as e:
             raise PeerError(f"sending {what} failed: {_short(e)}") from None
-        return _Handles(works, self.timeout, what, keep=(h, p))
+        return _Handles(works, self.timeout, what, keep=(pieces, p))
 
-    def _recv(self, t: torch.Tensor, src: int, what: str) -> torch.Tensor:
+    def _wait(self, work, what: str, deadline: float) -> None:
+        left = max(deadline - time.monotonic(), 1e-3)
         try:
-            self._irecv(t, src).wait(timeout=self.timeout)
+            work.wait(timeout=datetime.timedelta(seconds=left))
         except Exception as e:
             msg = _short(e)
             if "Timed out" in msg or "timeout" in msg.lower():
@@ -188,13 +233,46 @@ class CryptenTransport(Transport):
                     f"timed out after {self._timeout_s:g} s waiting for {what}"
                 ) from None
             raise PeerError(f"lost the connection while waiting for {what}: {msg}") from None
-        return t
 
-    def recv_header(self, src: int, what: str) -> bytes:
-        t = self._recv(torch.empty(HEADER_BYTES, dtype=torch.uint8), src, what)
-        return t.numpy().tobytes()
+    def _post_recv(self, src: int, buf: torch.Tensor | None = None) -> None:
+        if buf is None:
+            buf = torch.empty(PIECE_BYTES, dtype=torch.uint8)
+        self._posted.setdefault(src, collections.deque()).append((buf, self._irecv(buf, src)))
+
+    def recv_header(self, src: int, nbytes: int, what: str) -> bytes:
+        if src in self._inbox:  # only after an error: the stream from src is out of step
+            raise PeerError(f"the previous message from the {PARTY_NAMES[src]} was not received")
+        size = HEADER_BYTES + nbytes
+        count = -(-size // PIECE_BYTES)
+        posted = self._posted.setdefault(src, collections.deque())
+        try:  # every piece's receive is posted before waiting for the first
+            while len(posted) < count:
+                self._post_recv(src)
+        except Exception as e:
+            raise PeerError(f"receiving {what} failed: {_short(e)}") from None
+        pieces = [posted.popleft() for _ in range(count)]
+        self._inbox[src] = (pieces, size)
+        self._wait(pieces[0][1], what, time.monotonic() + self._timeout_s)
+        return pieces[0][0][:HEADER_BYTES].numpy().tobytes()
 
     def recv_payload(self, src: int, nbytes: int, what: str) -> np.ndarray:
-        if nbytes == 0:
-            return np.empty(0, dtype=np.uint8)
-        return self._recv(torch.empty(nbytes, dtype=torch.uint8), src, what).numpy()
+        pieces, size = self._inbox.pop(src)
+        if size != HEADER_BYTES + nbytes:
+            raise ValueError(f"payload of {nbytes} bytes requested, {size} expected")
+        deadline = time.monotonic() + self._timeout_s
+        for _, work in pieces[1:]:
+            self._wait(work, what, deadline)
+        out = np.empty(nbytes, dtype=np.uint8)
+        for i, (buf, _) in enumerate(pieces):  # copy out, so the buffers can be posted again
+            lo, hi = i * PIECE_BYTES, min(size, (i + 1) * PIECE_BYTES)
+            skip = HEADER_BYTES if i == 0 else 0
+            out[lo + skip - HEADER_BYTES : hi - HEADER_BYTES] = buf[skip : hi - lo].numpy()
+        # the header was accepted (Party checks it before asking for the payload): a v2 peer,
+        # in step with us, so keep WINDOW receives posted from it from now on
+        free = [buf for buf, _ in pieces]
+        try:
+            while len(self._posted[src]) < WINDOW:
+                self._post_recv(src, free.pop() if free else None)
+        except Exception as e:
+            raise PeerError(f"receiving from the {PARTY_NAMES[src]} failed: {_short(e)}") from None
+        return out

@@ -67,7 +67,8 @@ class ThreadTransport(Transport):
             except queue.Empty:
                 continue
 
-    def recv_header(self, src: int, what: str) -> bytes:
+    def recv_header(self, src: int, nbytes: int, what: str) -> bytes:
+        # queues hold whole messages: nothing to post ahead, a wrong length is checked below
         header, payload = self._get(src, what)
         if len(header) != HEADER_BYTES:
             raise PeerError(f"malformed header while waiting for {what}")

@@ -14,6 +14,8 @@ import torch
 
 from privquant.protocols import requant as rq
 from privquant.protocols import ring
+from privquant.protocols.channel import HEADER_BYTES
+from privquant.protocols.transport_crypten import PIECE_BYTES
 
 pytestmark = pytest.mark.multiprocess
 WORKER = Path(__file__).with_name("mp_worker.py")
@@ -103,6 +105,20 @@ def test_exchange_dealer_message_and_requant_over_gloo():
     assert (online, depth, offline) == (c.online_bits, c.rounds, c.offline_bits)
 
 
+def test_messages_of_several_pieces_and_empty_ones_over_gloo():
+    from mp_worker import big_messages
+
+    out = _launch("big")
+    assert all("error" not in o for o in out.values()), out
+    assert out[0]["ok"] == out[1]["ok"] == [True] * 4 and out[1]["dealer_ok"]
+    wire = sum(HEADER_BYTES + 2 * n for _, n in big_messages())
+    for r in (0, 1):
+        sc = out[r]["scopes"]["big"]  # accounting ignores the pieces: 4 messages, 4 rounds
+        assert sc["msgs_sent"]["online"] == 4 and sc["depth"]["online"] == 4
+        assert sc["wire_sent"]["online"] == sc["wire_recv"]["online"] == wire
+    assert out[2]["scopes"]["big"]["wire_sent"]["offline"] == HEADER_BYTES + PIECE_BYTES
+
+
 def test_mismatched_silent_dead_and_absent_peers_fail_cleanly():
     t0 = time.monotonic()
     scenarios = {  # run concurrently, each on its own port
@@ -123,4 +139,25 @@ def test_mismatched_silent_dead_and_absent_peers_fail_cleanly():
     assert out["dead"][0]["error"].startswith("PeerError: lost the connection")
     assert out["dead"][1] == {"exit": 3}
     assert out["alone"][0]["error"].startswith("PeerError: could not connect the server (P0)")
+    assert time.monotonic() - t0 < 60
+
+
+def test_longer_shorter_and_v1_messages_give_a_peer_error_not_an_abort():
+    """gloo aborts a process receiving a message longer than the posted receive; every receive
+    is PIECE_BYTES long and no v2 message longer, so a mismatch is always a clean PeerError."""
+    t0 = time.monotonic()
+    scenarios = {
+        "mismatch_long": (0, 1),  # 3 full pieces where 10 bytes are expected
+        "mismatch_short": (0, 1),  # 10 bytes where 3 pieces are expected
+        "v1_peer": (0, 1),  # a format-v1 sender: 16-byte header, then a 2-piece payload
+    }
+    started = {}
+    try:
+        for mode, ranks in scenarios.items():
+            started[mode] = _start(mode, ranks, 10)
+    finally:
+        out = {m: _collect(started[m], scenarios[m], t0 + 55) for m in started}
+    for mode in ("mismatch_long", "mismatch_short"):
+        assert out[mode][0]["error"].startswith("PeerError: protocol mismatch"), out[mode]
+    assert out["v1_peer"][0]["error"].startswith("PeerError: not a PrivQuant v2 message")
     assert time.monotonic() - t0 < 60
