@@ -50,8 +50,9 @@ Cost, with ``U`` = operand openings and ``G`` = AND gates summed over levels and
 
 from __future__ import annotations
 
+import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
@@ -152,13 +153,12 @@ class Group:
         """The digit size: the given one, or the cheapest (bits per element, then depth)."""
         if self.digit:
             return self.digit
+        return _best_digit(self.low, self.widths, self.want_low)
 
-        def key(d: int):
-            g = replace(self, n=1, digit=d)
-            u, gates = counts([g])
-            return (2 * u + gates + g.monomials, g.depth, d)
-
-        return min(DIGITS, key=key)
+    @property
+    def unit(self) -> tuple[int, int, int, int]:
+        """Per element: (operand openings, AND gates, monomials, depth); memoized on the shape."""
+        return _unit_counts(self.low, self.widths, self.want_low, self.d)
 
     @property
     def high(self) -> int:
@@ -198,6 +198,10 @@ class Group:
 
     @property
     def depth(self) -> int:
+        """Levels of the circuit: the deepest tree, plus one for the joins (memoized)."""
+        return self.unit[3]
+
+    def _tree_depth(self) -> int:
         d = max((t.depth for t in self.trees if t is not None), default=0)
         return d + (1 if self.joins else 0)
 
@@ -210,7 +214,7 @@ class Group:
                 u, gs = t.level(level - 1)
                 gates += [(i + nops, j + nops) for i, j in gs]
                 nops += u
-        if self.joins and level == self.depth:
+        if self.joins and level == self._tree_depth():
             b = nops
             nops += 1
             for _ in range(self.joins):
@@ -228,21 +232,41 @@ def _depth(groups) -> int:
     return max((g.depth for g in groups), default=0)
 
 
+@functools.cache
+def _unit_counts(low: int, widths: tuple[int, ...], want_low: bool, d: int):
+    g = Group(1, low, widths, want_low, d)
+    u = gates = 0
+    depth = g._tree_depth()
+    for lv in range(1, depth + 1):
+        nops, gs = g.level(lv)
+        u += nops
+        gates += len(gs)
+    return u, gates, g.monomials, depth
+
+
+@functools.cache
+def _best_digit(low: int, widths: tuple[int, ...], want_low: bool) -> int:
+    def key(d: int):
+        u, gates, mono, depth = _unit_counts(low, widths, want_low, d)
+        return (2 * u + gates + mono, depth, d)
+
+    return min(DIGITS, key=key)
+
+
 def counts(groups) -> tuple[int, int]:
     """(operand openings, AND gates), summed over levels, groups and elements."""
     u = gates = 0
-    for lv in range(1, _depth(groups) + 1):
-        for g in groups:
-            nops, gs = g.level(lv)
-            u += g.n * nops
-            gates += g.n * len(gs)
+    for g in groups:
+        gu, gg, _m, _d = g.unit
+        u += g.n * gu
+        gates += g.n * gg
     return u, gates
 
 
 def cost(groups) -> Cost:
     """Closed-form cost of :func:`online` for these groups."""
     u, gates = counts(groups)
-    mono = sum(g.n * g.monomials for g in groups)
+    mono = sum(g.n * g.unit[2] for g in groups)
     return Cost(online_bits=2 * u, offline_bits=gates + mono, rounds=_depth(groups))
 
 

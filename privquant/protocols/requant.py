@@ -84,7 +84,8 @@ selection in ``Z_{2^20}``: 184, 364, 7).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import functools
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -150,6 +151,7 @@ def _msb_ok(T: int, x: int, y: int, H: int) -> bool:
     return x > y or (x - T >= -H and y - T < H)
 
 
+@functools.lru_cache(maxsize=65536)
 def plan_requant(sig: RequantSig) -> RequantPlan:
     """Choose mode, form, thresholds and comparison jobs from public data only."""
     L = ring.check_ell(sig.ell)
@@ -267,7 +269,9 @@ def plan_requant(sig: RequantSig) -> RequantPlan:
     m = (qhi - sig.lo).bit_length() + 1
     if m < Lo:
         plans.append(build(m))
-    return min(plans, key=lambda p: (_total_bits(plan_cost(p)), plan_cost(p).rounds))
+    costs = [plan_cost(p) for p in plans]
+    best = min(range(len(plans)), key=lambda i: (_total_bits(costs[i]), costs[i].rounds))
+    return plans[best]
 
 
 def _total_bits(c: Cost) -> int:
@@ -296,13 +300,30 @@ def build_poly(plan: RequantPlan, P: torch.Tensor) -> Poly:
 
 
 def poly_spec(plan: RequantPlan) -> PolySpec:
-    return PolySpec.of(build_poly(plan, torch.zeros(1, dtype=torch.int64)), plan.ell_poly, plan.n)
+    # the polynomial's structure does not depend on n, the opening offset or the comparison jobs
+    unit = _unit_poly_spec(replace(plan, n=1, t_ref=0, jobs=(), group=None, rbits=0))
+    return replace(unit, n=plan.n)
+
+
+@functools.lru_cache(maxsize=4096)
+def _unit_poly_spec(plan: RequantPlan) -> PolySpec:
+    return PolySpec.of(build_poly(plan, torch.zeros(1, dtype=torch.int64)), plan.ell_poly, 1)
 
 
 def plan_cost(plan: RequantPlan) -> Cost:
     """Closed-form cost of :func:`online` for this plan (see the module docstring)."""
     if plan.kind in ("const", "local"):
         return ZERO
+    # every bit count is n times a per-element count: memoize the per-element cost on the shape
+    group = replace(plan.group, n=1) if plan.group is not None else None
+    u = _unit_plan_cost(replace(plan, n=1, t_ref=0, group=group))
+    return Cost(
+        online_bits=plan.n * u.online_bits, offline_bits=plan.n * u.offline_bits, rounds=u.rounds
+    )
+
+
+@functools.lru_cache(maxsize=16384)
+def _unit_plan_cost(plan: RequantPlan) -> Cost:
     c = Cost(online_bits=2 * plan.n * plan.L, offline_bits=plan.n * plan.rbits, rounds=1)
     if plan.group is not None:
         c = c.then(compare.cost([plan.group]))
