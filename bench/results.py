@@ -133,9 +133,9 @@ def table(reports: dict[str, dict]) -> list[str]:
 def latency_table(reports: dict[str, dict]) -> list[str]:
     out = [
         "| model | network | privquant measured s (emulated) | privquant estimate s "
-        "| measured / estimate | gloo-hop estimate s | measured / gloo-hop est. | loopback s "
+        "| measured / estimate | loopback s "
         "| crypten est. s | sirnn-style est. s (comm only) | emulation |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, rep in reports.items():
         lat = rep["latency"]["backends"]
@@ -150,9 +150,7 @@ def latency_table(reports: dict[str, dict]) -> list[str]:
             se = lat.get("sirnn-style", {}).get("estimate", {}).get(net, {}).get("seconds")
             out.append(
                 f"| {rep['model']} ({name}) | {net} | {_f(m.get('client_online_s'))} | {_f(est)} | "
-                f"{_f(m.get('measured_over_estimate'))} | "
-                f"{_f(m.get('gloo_transport_estimate_s'))} | "
-                f"{_f(m.get('measured_over_gloo_estimate'))} | {_f(pq['loopback_online_s'])} | "
+                f"{_f(m.get('measured_over_estimate'))} | {_f(pq['loopback_online_s'])} | "
                 f"{_f(ce)} | {_f(se)} | {m.get('method') or m.get('skipped', '-')} |"
             )
     return out

@@ -323,9 +323,6 @@ def latency_section(results, nets, cfg: BenchConfig, art_path, x) -> dict:
                 est_s = pq["estimate"][net.name]["seconds"]
                 m["estimate_s"] = est_s
                 m["measured_over_estimate"] = m["client_online_s"] / est_s if est_s else None
-                g = pq["estimate"][net.name]["gloo_transport_s"]
-                m["gloo_transport_estimate_s"] = g
-                m["measured_over_gloo_estimate"] = m["client_online_s"] / g if g else None
     return out
 
 
@@ -465,27 +462,19 @@ def markdown(report: dict) -> str:
     if meas:
         lines += ["", "Measured under emulation (privquant, client online time):", ""]
         lines += [
-            "| network | method | ping RTT ms | measured s | estimate s | measured/est. "
-            "| gloo-hop estimate s | measured/gloo est. |",
-            "|---|---|---|---|---|---|---|---|",
+            "| network | method | ping RTT ms | measured s | estimate s | measured/est. |",
+            "|---|---|---|---|---|---|",
         ]
         for n, m in meas.items():
             if "skipped" in m:
-                lines.append(f"| {n} | skipped: {m['skipped']} | | | | | | |")
+                lines.append(f"| {n} | skipped: {m['skipped']} | | | | |")
             else:
                 rtt = m.get("ping_rtt_s")
                 lines.append(
                     f"| {n} | {m['method']} | {_f(rtt * 1e3 if rtt else None, 2)} | "
                     f"{_f(m['client_online_s'], 2)} | {_f(m.get('estimate_s'), 2)} | "
-                    f"{_f(m.get('measured_over_estimate'), 2)} | "
-                    f"{_f(m.get('gloo_transport_estimate_s'), 2)} | "
-                    f"{_f(m.get('measured_over_gloo_estimate'), 2)} |"
+                    f"{_f(m.get('measured_over_estimate'), 2)} |"
                 )
-        lines += [
-            "",
-            "gloo-hop estimate: the same with 3 one-way delays per hop, what gloo's "
-            "receiver-driven send/recv costs for the runtime's header + payload messages.",
-        ]
     accs = {k: v for k, v in report["accuracy"].items() if v}
     if accs:
         lines += ["", "## Accuracy (top-1, %)", "", "| variant | data | n | FP32 | int program |"]

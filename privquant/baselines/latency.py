@@ -73,16 +73,10 @@ def get_network(name: str) -> Network:
         raise PrivQuantError(f"unknown network {name!r}; choose from {sorted(NETWORKS)}") from None
 
 
-# Over gloo (torch.distributed), a send waits for the receiver's recv-ready notice, and the
-# runtime sends every message as a header and then a payload whose receive is posted only after
-# the header arrived: one hop then costs ~3 one-way delays instead of 1 (measured on the emulated
-# WAN link: a one-message ping-pong takes 1 RTT, a header+payload ping-pong 3 RTT).
-GLOO_HOP_DELAYS = 3
-
-
 def estimate(compute_s: float, bits: float, rounds: int, net: Network) -> dict:
-    """``compute + bits/bandwidth + rounds*RTT/2`` with its three terms, plus the same with the
-    gloo transport's per-hop cost (``GLOO_HOP_DELAYS`` one-way delays per hop)."""
+    """``compute + bits/bandwidth + rounds*RTT/2`` with its three terms. (The transport keeps
+    receives posted ahead, so a hop costs one one-way delay: see
+    :mod:`privquant.protocols.transport_crypten`.)"""
     transfer = bits / net.bandwidth_bps
     latency = rounds * net.rtt_s / 2
     return {
@@ -91,7 +85,6 @@ def estimate(compute_s: float, bits: float, rounds: int, net: Network) -> dict:
         "transfer_s": transfer,
         "latency_s": latency,
         "seconds": compute_s + transfer + latency,
-        "gloo_transport_s": compute_s + transfer + GLOO_HOP_DELAYS * latency,
     }
 
 
