@@ -196,7 +196,7 @@ def plan_requant(sig: RequantSig) -> RequantPlan:
 
     def build(ell_poly: int) -> RequantPlan:
         if form is not None:
-            width = L - 1 - k
+            kind, width = "msb", L - 1 - k
             need_x = width < ell_poly
             jobs = []
             if a is None or need_x:
@@ -204,53 +204,29 @@ def plan_requant(sig: RequantSig) -> RequantPlan:
                 jobs.append(("ref", t_ref))
             if h is None:
                 jobs.append(("h", Th))
-            if a is None or h is None:
-                rbits = L
-            elif jobs:
-                rbits = L - 1
-            else:
-                rbits = k
-            group = (
-                compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0)
-                if (jobs or k > 0)
-                else None
-            )
-            return RequantPlan(
-                "msb",
-                a=a,
-                h=h,
-                form=form,
-                t_ref=t_ref,
-                jobs=tuple(jobs),
-                width=width,
-                need_x=need_x,
-                kappa=1 << width,
-                rbits=rbits,
-                group=group,
-                **base,
-                ell_poly=ell_poly,
-                lift=ell_poly < Lo,
-            )
-        width = L - k
-        need_x = width < ell_poly
-        jobs = []
-        if a is None or h is None or need_x:
-            jobs.append(("w", 0))
-        if a is None:
-            jobs.append(("a", Ta))
-        if h is None:
-            jobs.append(("h", Th))
-        rbits = L if jobs else k
+            rbits = L if (a is None or h is None) else L - 1 if jobs else k
+        else:
+            kind, width = "rabbit", L - k
+            need_x = width < ell_poly
+            jobs = []
+            if a is None or h is None or need_x:
+                jobs.append(("w", 0))
+            if a is None:
+                jobs.append(("a", Ta))
+            if h is None:
+                jobs.append(("h", Th))
+            rbits = L if jobs else k
         group = (
             compare.Group(sig.n, k, (width,) * len(jobs), want_low=k > 0)
             if (jobs or k > 0)
             else None
         )
         return RequantPlan(
-            "rabbit",
+            kind,
             a=a,
             h=h,
-            form="s",
+            form=form or "s",
+            t_ref=t_ref if kind == "msb" else 0,
             jobs=tuple(jobs),
             width=width,
             need_x=need_x,

@@ -8,6 +8,7 @@ both outputs plus the joint accounting.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,19 +26,18 @@ class ProtocolRun:
     parties: list[CommStats]  # P0, P1, D (the virtual dealer when simulated)
 
 
-def run_protocol(
-    proto: Protocol,
-    sig,
+def run_roles(
+    offline: Callable[[Any], Any],
+    online: Callable[..., Any],
     inputs0: tuple = (),
     inputs1: tuple = (),
-    params=None,
     *,
     dealer: str = "thread",
     master: int = 0,
     timeout: float = 60.0,
 ) -> ProtocolRun:
-    """Setup + offline + online of ``proto`` on ``sig``; ``inputs0/1`` are each party's shares,
-    ``params`` the server's secret arrays (e.g. ``{"weight": ..., "bias": ...}``)."""
+    """Run ``pre = offline(corr)`` in all three roles, then ``online(party, pre, *inputs)`` in P0
+    (``inputs0``) and P1 (``inputs1``); return both outputs and the joint accounting."""
     if dealer not in ("thread", "simulated"):
         raise ValueError("dealer must be 'thread' or 'simulated'")
     sim = dealer == "simulated"
@@ -46,11 +46,10 @@ def run_protocol(
     def body(party, inputs):
         seeds = Seeds.derived(master) if sim else Seeds.derived(master, party.rank)
         corr = make_correlations(party, seeds, simulated=sim, dealer_book=dbook)
-        state = proto.setup(corr, sig, params if party.rank == 0 else None)
-        pre = proto.offline(corr, sig, state)
+        pre = offline(corr)
         if party.rank == DEALER:
             return None
-        return proto.online(party, sig, pre, *inputs)
+        return online(party, pre, *inputs)
 
     res = simulate(
         lambda p: body(p, inputs0),
@@ -65,3 +64,29 @@ def run_protocol(
         dbook.total if sim else res.parties[2].stats,
     ]
     return ProtocolRun(res.results[0], res.results[1], combine(stats), stats)
+
+
+def run_protocol(
+    proto: Protocol,
+    sig,
+    inputs0: tuple = (),
+    inputs1: tuple = (),
+    params=None,
+    *,
+    dealer: str = "thread",
+    master: int = 0,
+    timeout: float = 60.0,
+) -> ProtocolRun:
+    """Setup + offline + online of ``proto`` on ``sig``; ``inputs0/1`` are each party's shares,
+    ``params`` the server's secret arrays (e.g. ``{"weight": ..., "bias": ...}``)."""
+
+    def offline(corr):
+        state = proto.setup(corr, sig, params if corr.role == 0 else None)
+        return proto.offline(corr, sig, state)
+
+    def online(party, pre, *inputs):
+        return proto.online(party, sig, pre, *inputs)
+
+    return run_roles(
+        offline, online, inputs0, inputs1, dealer=dealer, master=master, timeout=timeout
+    )

@@ -6,37 +6,20 @@ from hypothesis import strategies as st
 from proto_testlib import assert_cost, share
 
 from privquant.protocols import compare, ring
-from privquant.protocols.channel import combine
-from privquant.protocols.dealer import Seeds, make_correlations, simulated_dealer_book
-from privquant.protocols.sim import run_protocol
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.sim import run_protocol, run_roles
 
 
 def _run(groups, data0, data1, dealer, rvals):
-    sim = dealer == "simulated"
-    book = simulated_dealer_book() if sim else None
-
-    def body(p, data):
-        seeds = Seeds.derived(3) if sim else Seeds.derived(3, p.rank)
-        corr = make_correlations(p, seeds, simulated=sim, dealer_book=book)
-        fns = [lambda r=r, g=g: ring.bits(r, g.nbits) for r, g in zip(rvals, groups)]
-        pre = compare.offline(corr, groups, fns)
-        if p.rank == 2:
-            return None
-        return compare.online(p, groups, pre, data)
-
-    res = simulate(
-        lambda p: body(p, data0),
-        lambda p: body(p, data1),
-        None if sim else (lambda p: body(p, None)),
-        insecure_simulated=sim,
+    fns = [lambda r=r, g=g: ring.bits(r, g.nbits) for r, g in zip(rvals, groups)]
+    run = run_roles(
+        lambda corr: compare.offline(corr, groups, fns),
+        lambda p, pre, data: compare.online(p, groups, pre, data),
+        (data0,),
+        (data1,),
+        dealer=dealer,
+        master=3,
     )
-    stats = [
-        res.parties[0].stats,
-        res.parties[1].stats,
-        book.total if sim else res.parties[2].stats,
-    ]
-    return res.results[0], res.results[1], combine(stats)
+    return run.out0, run.out1, run.stats
 
 
 @st.composite

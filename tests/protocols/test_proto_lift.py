@@ -5,36 +5,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privquant.protocols import lift, ring
-from privquant.protocols.channel import combine
-from privquant.protocols.dealer import Seeds, make_correlations, simulated_dealer_book
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.sim import run_roles
 
 
 def _run(q0, q1, m, ell, dealer):
-    sim = dealer == "simulated"
-    book = simulated_dealer_book() if sim else None
-    n = q0.numel()
-
-    def body(p, q):
-        seeds = Seeds.derived(5) if sim else Seeds.derived(5, p.rank)
-        corr = make_correlations(p, seeds, simulated=sim, dealer_book=book)
-        pre = lift.offline(corr, n, ell)
-        if p.rank == 2:
-            return None
-        return lift.online(p, pre, q, m, ell)
-
-    res = simulate(
-        lambda p: body(p, q0),
-        lambda p: body(p, q1),
-        None if sim else (lambda p: body(p, None)),
-        insecure_simulated=sim,
+    run = run_roles(
+        lambda corr: lift.offline(corr, q0.numel(), ell),
+        lambda p, pre, q: lift.online(p, pre, q, m, ell),
+        (q0,),
+        (q1,),
+        dealer=dealer,
+        master=5,
     )
-    stats = [
-        res.parties[0].stats,
-        res.parties[1].stats,
-        book.total if sim else res.parties[2].stats,
-    ]
-    return res.results[0], res.results[1], combine(stats)
+    return run.out0, run.out1, run.stats
 
 
 @settings(deadline=None, max_examples=100)
