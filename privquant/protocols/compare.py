@@ -280,12 +280,12 @@ class CmpPre:
     monos: list | None = None
 
 
-def offline(corr: Correlations, groups, mask_bits=None) -> CmpPre:
+def offline(corr: Correlations, groups, rvals=None) -> CmpPre:
     """Operand masks (both XOR shares seeded) and, in ONE dealer message, P1's shares of every
     gate's ``a_i and a_j`` and of every digit monomial of the mask bits.
 
-    ``mask_bits[g]`` is a callable returning the mask's bits ``(nbits, n)`` uint8 of group ``g``
-    -- called only where the mask is known (the dealer); needed when a group has monomials."""
+    ``rvals[g]``: the value (int64, ``(n,)``) of group ``g``'s mask ``r`` where it is known (the
+    dealer; ``Rand.value``, None elsewhere); needed when a group has monomials."""
     layout = []
     for lv in range(1, _depth(groups) + 1):
         for g in groups:
@@ -294,8 +294,8 @@ def offline(corr: Correlations, groups, mask_bits=None) -> CmpPre:
     masks = [corr.random_bits((nops, n)) for n, nops, _gs in layout]
     total = sum(n * len(gs) for n, _nops, gs in layout)
     mono_counts = [g.n * g.monomials for g in groups]
-    if any(mono_counts) and mask_bits is None:
-        raise ValueError("comparison digits need the mask bits (mask_bits) for the monomials")
+    if any(mono_counts) and rvals is None:
+        raise ValueError("comparison digits need the masks for the monomials")
 
     def products() -> torch.Tensor:
         out = []
@@ -304,9 +304,9 @@ def offline(corr: Correlations, groups, mask_bits=None) -> CmpPre:
                 ii = torch.tensor([i for i, _ in gs])
                 jj = torch.tensor([j for _, j in gs])
                 out.append((m.value[ii] & m.value[jj]).reshape(-1))
-        for g, cnt, fn in zip(groups, mono_counts, mask_bits or [None] * len(groups)):
+        for g, cnt, r in zip(groups, mono_counts, rvals or [None] * len(groups)):
             if cnt:
-                out.append(_monomials(g, fn()).reshape(-1))
+                out.append(_monomials(g, ring.bits(r, g.nbits)).reshape(-1))
         return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
 
     size = total + sum(mono_counts)
@@ -552,7 +552,7 @@ class Compare(Protocol):
             return None
         r = corr.random_ring((sig.n,), sig.ell)
         rbits = corr.share_bits(lambda: ring.bits(r.value, sig.ell), (sig.ell, sig.n))
-        return r.share, rbits, offline(corr, [grp], [lambda: ring.bits(r.value, grp.nbits)])
+        return r.share, rbits, offline(corr, [grp], [r.value])
 
     def online(self, party: Party, sig: CompareSig, pre, x: torch.Tensor) -> list[torch.Tensor]:
         mode, const, grp = sig.plan

@@ -175,14 +175,7 @@ class Maxpool(Protocol):
                 corr.share_bits(lambda r=r, nb=nb: ring.bits(r.value, nb), (nb, n))
                 for _nm, nb, r in masks
             ]
-            cmp = compare.offline(
-                corr,
-                groups,
-                [
-                    lambda r=r, g=g: ring.bits(r.value, g.nbits)
-                    for g, (_nm, _nb, r) in zip(groups, masks)
-                ],
-            )
+            cmp = compare.offline(corr, groups, [r.value for _nm, _nb, r in masks])
             rv = {nm: r for nm, _nb, r in masks}
             if kind == "normal":
                 fns = {"R": lambda rv=rv: rv["d"].value}

@@ -337,11 +337,7 @@ def offline(corr: Correlations, sig: RequantSig) -> RequantPre | None:
         if plan.rbits
         else None
     )
-    tri = (
-        compare.offline(corr, [plan.group], [lambda: ring.bits(r.value, plan.group.nbits)])
-        if plan.group is not None
-        else None
-    )
+    tri = compare.offline(corr, [plan.group], [r.value]) if plan.group is not None else None
     spec = poly_spec(plan)
     if plan.kind == "msb":
 

@@ -344,7 +344,7 @@ class _Eval:
     def cost(self, top: Op, rings: dict[str, int]) -> Cost:
         op, prog = self._program(top)
         if op.kind == "requant" and self.sym.fused_requant:
-            return _requant_cost(signature(op, prog, rings, self.sym.batch).core)
+            return requant.cost(signature(op, prog, rings, self.sym.batch).core)
         return op_cost(op, prog, rings, self.sym.batch, self.sym.backend)
 
     def costs_over_ring(
@@ -358,27 +358,13 @@ class _Eval:
         for j, r in enumerate(domain):
             try:
                 if fast:
-                    c = _requant_cost(replace(sig.core, ell_out=r))
+                    c = requant.cost(replace(sig.core, ell_out=r))
                 else:
                     c = op_cost(op, prog, {**rings, ext: r}, self.sym.batch, self.sym.backend)
             except PrivQuantError:
                 continue
             out[j] = cost_array(c)
         return out
-
-
-_REQUANT_COSTS: dict = {}
-
-
-def _requant_cost(core: requant.RequantSig) -> Cost:
-    """``requant.cost(core)``, memoized on the plan: the fused requant's cost is a function of
-    its plan alone (``t_ref``, a public offset of the opening, does not enter it). Checked by the
-    exactness tests against ``op_cost`` on lowered programs."""
-    key = replace(core.plan, t_ref=0)
-    c = _REQUANT_COSTS.get(key)
-    if c is None:
-        c = _REQUANT_COSTS[key] = requant.cost(core)
-    return c
 
 
 def ring_tensors(op: Op) -> list[str]:

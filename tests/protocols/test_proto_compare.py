@@ -10,9 +10,8 @@ from privquant.protocols.sim import run_protocol, run_roles
 
 
 def _run(groups, data0, data1, dealer, rvals):
-    fns = [lambda r=r, g=g: ring.bits(r, g.nbits) for r, g in zip(rvals, groups)]
     run = run_roles(
-        lambda corr: compare.offline(corr, groups, fns),
+        lambda corr: compare.offline(corr, groups, rvals),
         lambda p, pre, data: compare.online(p, groups, pre, data),
         (data0,),
         (data1,),
