@@ -32,14 +32,14 @@ import torch
 
 from privquant.baselines import sirnn
 from privquant.protocols import requant as rq
-from privquant.protocols import ring
 from privquant.protocols.basic import Open, OpenSig
-from privquant.protocols.channel import DEALER
 from privquant.protocols.compare import Compare, CompareSig
-from privquant.protocols.dealer import Seeds, make_correlations
 from privquant.protocols.linear import Linear, LinearSig
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.preprocessing.dealer import Seeds, make_correlations
+from privquant.protocols.primitives import ring
+from privquant.protocols.transport.channel import DEALER
+from privquant.protocols.transport.thread import simulate
 
 
 class _Requant:

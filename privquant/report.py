@@ -1,9 +1,10 @@
 """CommReport: per-layer and total communication of one private inference, measured and declared.
 
-Measured numbers come from the parties' channel accounting (``privquant.protocols.channel``):
-bits are what every party *sent* (online between server and client, offline from the dealer,
-setup once per model load), rounds are the joint online Lamport depth. Declared numbers are the
-protocols' closed-form ``cost()`` for the same signatures; the two must agree exactly.
+Measured numbers come from the parties' channel accounting
+(``privquant.protocols.transport.channel``): bits are what every party *sent* (online between
+server and client, offline from the dealer, setup once per model load), rounds are the joint
+online Lamport depth. Declared numbers are the protocols' closed-form ``cost()`` for the same
+signatures; the two must agree exactly.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from privquant.program import Program, ring_bits
-from privquant.protocols.channel import CommStats, combine
-from privquant.protocols.cost import Cost
-from privquant.protocols.dealer import SEED_SETUP_COST
+from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
+from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.registry import op_cost
+from privquant.protocols.transport.channel import CommStats, combine
 
 SEEDS_SCOPE = "(seeds)"
 HANDSHAKE_SCOPE = "(handshake)"

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from privquant.errors import PrivQuantError
 from privquant.program import Program, check_input, ring_bits
-from privquant.protocols.channel import CLIENT, DEALER, SERVER, Party
-from privquant.protocols.dealer import establish_seeds, make_correlations
+from privquant.protocols.preprocessing.dealer import establish_seeds, make_correlations
 from privquant.protocols.registry import protocol_for, signature
+from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
 from privquant.report import SEEDS_SCOPE
 
 

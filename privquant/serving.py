@@ -22,8 +22,8 @@ import torch
 
 from privquant.errors import PeerError, PrivQuantError
 from privquant.program import Program, check_input
-from privquant.protocols.channel import CLIENT, DEALER, SERVER, Party
-from privquant.protocols.transport_crypten import (
+from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
+from privquant.protocols.transport.crypten import (
     DEFAULT_TIMEOUT,
     CryptenTransport,
     init_communicator,

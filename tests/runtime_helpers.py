@@ -10,7 +10,7 @@ import torch
 
 import privquant
 from privquant.program import Program
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.transport.thread import simulate
 from privquant.report import CommReport
 from privquant.runtime import run_role
 

@@ -18,9 +18,9 @@ from privquant.errors import PrivQuantError
 from privquant.models import build_model, input_shape
 from privquant.models.data import load_sample
 from privquant.program import Program, ring_bits, run_plain
-from privquant.protocols import packing
-from privquant.protocols.ring import reduce
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.primitives import packing
+from privquant.protocols.primitives.ring import reduce
+from privquant.protocols.transport.thread import simulate
 from privquant.runtime import run_role
 
 

@@ -18,7 +18,7 @@ from privquant.cli import _randomize_bn
 from privquant.errors import PrivQuantError
 from privquant.models import load_reference
 from privquant.models.calibration import load_calibration
-from privquant.protocols.cost import Cost
+from privquant.protocols.primitives.cost import Cost
 from privquant.quant import costtable
 from privquant.quant.costtable import (
     IMPOSSIBLE,

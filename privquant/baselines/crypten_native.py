@@ -262,7 +262,7 @@ def run_network(crypten, spec: dict, meter: Meter, rank: int, weights=None, x=No
 # ------------------------------------------------------------------------------ roles
 def _init(rank: int, rendezvous: str, timeout: float):
     from privquant._crypten import get_comm, get_crypten
-    from privquant.protocols.transport_crypten import init_communicator
+    from privquant.protocols.transport.crypten import init_communicator
 
     crypten = get_crypten()
     crypten.cfg.mpc.provider = "TTP"
@@ -272,7 +272,7 @@ def _init(rank: int, rendezvous: str, timeout: float):
 
 
 def _shutdown() -> None:
-    from privquant.protocols.transport_crypten import shutdown_communicator
+    from privquant.protocols.transport.crypten import shutdown_communicator
 
     shutdown_communicator()
 

@@ -76,7 +76,7 @@ def get_network(name: str) -> Network:
 def estimate(compute_s: float, bits: float, rounds: int, net: Network) -> dict:
     """``compute + bits/bandwidth + rounds*RTT/2`` with its three terms. (The transport keeps
     receives posted ahead, so a hop costs one one-way delay: see
-    :mod:`privquant.protocols.transport_crypten`.)"""
+    :mod:`privquant.protocols.transport.crypten`.)"""
     transfer = bits / net.bandwidth_bps
     latency = rounds * net.rtt_s / 2
     return {

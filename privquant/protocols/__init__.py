@@ -104,20 +104,11 @@ from privquant.protocols.basic import (
     add_public,
     presum,
 )
-from privquant.protocols.channel import (
-    CLIENT,
-    DEALER,
-    HEADER_BYTES,
-    SERVER,
-    CommStats,
-    Party,
-    StatsBook,
-    Transport,
-    combine,
-)
 from privquant.protocols.compare import COMPARE, CompareSig
-from privquant.protocols.cost import ZERO, Cost
-from privquant.protocols.dealer import (
+from privquant.protocols.harness import ProtocolRun, run_protocol
+from privquant.protocols.linear import LINEAR, LinearSig
+from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
+from privquant.protocols.preprocessing.dealer import (
     SEED_SETUP_COST,
     Correlations,
     Seeds,
@@ -126,8 +117,8 @@ from privquant.protocols.dealer import (
     make_correlations,
     simulated_dealer_book,
 )
-from privquant.protocols.linear import LINEAR, LinearSig
-from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
+from privquant.protocols.primitives.cost import ZERO, Cost
+from privquant.protocols.primitives.ring import RingWidthError
 from privquant.protocols.registry import (
     BACKENDS,
     REQUANT,
@@ -138,14 +129,23 @@ from privquant.protocols.registry import (
     signature,
 )
 from privquant.protocols.requant import RequantSig
-from privquant.protocols.ring import RingWidthError
-from privquant.protocols.sim import ProtocolRun, run_protocol
-from privquant.protocols.transport_crypten import (
+from privquant.protocols.transport.channel import (
+    CLIENT,
+    DEALER,
+    HEADER_BYTES,
+    SERVER,
+    CommStats,
+    Party,
+    StatsBook,
+    Transport,
+    combine,
+)
+from privquant.protocols.transport.crypten import (
     CryptenTransport,
     init_communicator,
     shutdown_communicator,
 )
-from privquant.protocols.transport_thread import SimResult, ThreadHub, ThreadTransport, simulate
+from privquant.protocols.transport.thread import SimResult, ThreadHub, ThreadTransport, simulate
 
 __all__ = [
     "BACKENDS",

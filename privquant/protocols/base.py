@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from privquant.protocols.cost import ZERO, Cost
+from privquant.protocols.primitives.cost import ZERO, Cost
 
 
 class Protocol:

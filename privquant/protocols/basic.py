@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
-from privquant.protocols import ring
 from privquant.protocols.base import LocalProtocol, Protocol
-from privquant.protocols.channel import CLIENT, SERVER, Party
-from privquant.protocols.cost import Cost
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.transport.channel import CLIENT, SERVER, Party
 
 
 def _numel(shape) -> int:

@@ -35,10 +35,10 @@ from dataclasses import dataclass
 
 import torch
 
-from privquant.protocols import ring
-from privquant.protocols.channel import SERVER, Party
-from privquant.protocols.cost import Cost
-from privquant.protocols.dealer import Correlations
+from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.transport.channel import SERVER, Party
 
 Key = tuple[tuple[str, ...], str | None]
 Coef = int | torch.Tensor

@@ -57,11 +57,11 @@ from functools import cached_property
 
 import torch
 
-from privquant.protocols import ring
 from privquant.protocols.base import Protocol
-from privquant.protocols.channel import SERVER, Party
-from privquant.protocols.cost import Cost
-from privquant.protocols.dealer import Correlations
+from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.transport.channel import SERVER, Party
 
 
 def depth(m: int) -> int:

@@ -33,10 +33,10 @@ from dataclasses import dataclass
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.protocols import ring
-from privquant.protocols.channel import SERVER, Party
-from privquant.protocols.cost import Cost
-from privquant.protocols.dealer import Correlations
+from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.transport.channel import SERVER, Party
 
 
 def cost(n: int, m: int, ell: int) -> Cost:

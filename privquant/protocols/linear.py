@@ -42,10 +42,10 @@ import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
 from privquant.program import conv_out_hw
-from privquant.protocols import ring
 from privquant.protocols.base import Protocol
-from privquant.protocols.channel import CLIENT, DEALER, SERVER, Party
-from privquant.protocols.cost import Cost
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
 
 MAX_FLOAT_LIMBS = 2
 EXACT = 1 << 53

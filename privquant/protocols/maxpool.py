@@ -44,11 +44,12 @@ import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
 from privquant.program import conv_out_hw, signed_bits
-from privquant.protocols import bitpoly, compare, ring
+from privquant.protocols import bitpoly, compare
 from privquant.protocols.base import Protocol
 from privquant.protocols.bitpoly import Poly, PolySpec
-from privquant.protocols.channel import SERVER, Party
-from privquant.protocols.cost import ZERO, Cost
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import ZERO, Cost
+from privquant.protocols.transport.channel import SERVER, Party
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,11 @@ from privquant.protocols.basic import (
     SumpoolSig,
     presum,
 )
-from privquant.protocols.channel import CLIENT
-from privquant.protocols.cost import Cost
 from privquant.protocols.linear import LINEAR, LinearSig
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
-from privquant.protocols.ring import reduce
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.primitives.ring import reduce
+from privquant.protocols.transport.channel import CLIENT
 
 
 @dataclass(frozen=True)

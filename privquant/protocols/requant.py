@@ -92,12 +92,13 @@ import torch
 
 from privquant.errors import PrivQuantError
 from privquant.program import signed_bits
-from privquant.protocols import bitpoly, compare, ring
+from privquant.protocols import bitpoly, compare
 from privquant.protocols import lift as lifting
 from privquant.protocols.bitpoly import Poly, PolySpec
-from privquant.protocols.channel import SERVER, Party
-from privquant.protocols.cost import ZERO, Cost
-from privquant.protocols.dealer import Correlations
+from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import ZERO, Cost
+from privquant.protocols.transport.channel import SERVER, Party
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ from privquant.program import (
     signed_bits,
 )
 from privquant.protocols import requant
-from privquant.protocols.cost import ZERO, Cost
-from privquant.protocols.dealer import SEED_SETUP_COST
+from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
+from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.protocols.registry import op_cost, protocol_for, signature
 from privquant.quant.calibrate import calibrate
 from privquant.quant.fakequant import INPUT_SCALE, ActQuantizer, QModel, _key

@@ -64,7 +64,7 @@ import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
 from privquant.errors import PrivQuantError
-from privquant.protocols.cost import Cost
+from privquant.protocols.primitives.cost import Cost
 from privquant.quant.costtable import (
     DEFAULT_ABITS,
     DEFAULT_WBITS,

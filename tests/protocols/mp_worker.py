@@ -19,12 +19,12 @@ from privquant.protocols import (
     establish_seeds,
     init_communicator,
     make_correlations,
-    ring,
     shutdown_communicator,
 )
 from privquant.protocols import requant as rq
-from privquant.protocols.channel import HEADER, tag_code
-from privquant.protocols.transport_crypten import PIECE_BYTES, _Handles
+from privquant.protocols.primitives import ring
+from privquant.protocols.transport.channel import HEADER, tag_code
+from privquant.protocols.transport.crypten import PIECE_BYTES, _Handles
 
 
 def big_messages() -> list[tuple[str, int]]:

@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from privquant.program import Op
-from privquant.protocols import ring
-from privquant.protocols.cost import Cost
-from privquant.protocols.sim import ProtocolRun
+from privquant.protocols.harness import ProtocolRun
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
 
 
 def share(x: torch.Tensor, ell: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from proto_testlib import assert_cost, share
 
 from privquant.program import Op, Program, TensorInfo, apply_op
-from privquant.protocols import ring
 from privquant.protocols.basic import (
     FLATTEN,
     INPUT,
@@ -24,10 +23,11 @@ from privquant.protocols.basic import (
     add_public,
     presum,
 )
-from privquant.protocols.channel import CLIENT, SERVER
-from privquant.protocols.cost import ZERO
-from privquant.protocols.sim import run_protocol
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.harness import run_protocol
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import ZERO
+from privquant.protocols.transport.channel import CLIENT, SERVER
+from privquant.protocols.transport.thread import simulate
 
 ELL = st.one_of(st.integers(2, 16), st.integers(17, 62))
 

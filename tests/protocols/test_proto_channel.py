@@ -3,14 +3,15 @@
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from privquant.errors import PeerError
-from privquant.protocols import ring
-from privquant.protocols.channel import HEADER_BYTES, combine
-from privquant.protocols.cost import ZERO, Cost
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import ZERO, Cost
+from privquant.protocols.transport.channel import HEADER_BYTES, combine
+from privquant.protocols.transport.thread import simulate
 
 
 def _x(n, ell, seed=0):
@@ -126,3 +127,25 @@ def test_cost_algebra():
     assert Cost.sequence([a, b, a]) == Cost(21, 12, 5, 8)
     assert a.scaled(3) == Cost(30, 15, 3, 6)
     assert a.as_dict() == {"online_bits": 10, "offline_bits": 5, "setup_bits": 1, "rounds": 2}
+
+
+def test_raw_bytes_roundtrip_and_accounting():
+    from privquant.protocols.transport.thread import simulate
+
+    payload = np.arange(1000, dtype=np.uint8) * 7
+
+    def p0(party):
+        party.send_raw(1, payload, "raw", phase="offline")
+        party.send_raw(1, b"hello", "raw2")
+        return None
+
+    def p1(party):
+        a = party.recv_raw(0, 1000, "raw", phase="offline")
+        b = party.recv_raw(0, 5, "raw2")
+        return a, bytes(b)
+
+    res = simulate(p0, p1)
+    a, b = res.results[1]
+    assert np.array_equal(a, payload) and b == b"hello"
+    s = res.parties[0].stats
+    assert s.bits_sent["offline"] == 8000 and s.bits_sent["online"] == 40

@@ -5,8 +5,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from proto_testlib import assert_cost, share
 
-from privquant.protocols import compare, ring
-from privquant.protocols.sim import run_protocol, run_roles
+from privquant.protocols import compare
+from privquant.protocols.harness import run_protocol, run_roles
+from privquant.protocols.primitives import ring
 
 
 def _run(groups, data0, data1, dealer, rvals):

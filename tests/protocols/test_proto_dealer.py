@@ -3,16 +3,16 @@
 import pytest
 import torch
 
-from privquant.protocols import ring
-from privquant.protocols.channel import combine
-from privquant.protocols.dealer import (
+from privquant.protocols.preprocessing.dealer import (
     SEED_SETUP_COST,
     Seeds,
     establish_seeds,
     make_correlations,
     simulated_dealer_book,
 )
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.primitives import ring
+from privquant.protocols.transport.channel import combine
+from privquant.protocols.transport.thread import simulate
 
 
 def test_establish_seeds_counts_and_pairs():

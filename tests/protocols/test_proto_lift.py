@@ -4,8 +4,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privquant.protocols import lift, ring
-from privquant.protocols.sim import run_roles
+from privquant.protocols import lift
+from privquant.protocols.harness import run_roles
+from privquant.protocols.primitives import ring
 
 
 def _run(q0, q1, m, ell, dealer):

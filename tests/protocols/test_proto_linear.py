@@ -9,11 +9,11 @@ from proto_testlib import assert_cost, share
 
 from privquant.errors import PrivQuantError
 from privquant.program import Op, apply_op
-from privquant.protocols import ring
-from privquant.protocols.dealer import Seeds, make_correlations
+from privquant.protocols.harness import run_protocol
 from privquant.protocols.linear import LINEAR, MAX_FLOAT_LIMBS, LinearSig, ring_lin
-from privquant.protocols.sim import run_protocol
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.preprocessing.dealer import Seeds, make_correlations
+from privquant.protocols.primitives import ring
+from privquant.protocols.transport.thread import simulate
 
 ELLS = st.one_of(st.integers(2, 16), st.sampled_from([20, 24, 31, 40, 53, 62]))
 

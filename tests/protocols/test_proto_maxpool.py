@@ -8,9 +8,10 @@ from proto_testlib import assert_cost, share
 
 from privquant.errors import PrivQuantError
 from privquant.program import Op, Program, TensorInfo, apply_op, signed_bits
-from privquant.protocols import compare, ring
+from privquant.protocols import compare
+from privquant.protocols.harness import run_protocol
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
-from privquant.protocols.sim import run_protocol
+from privquant.protocols.primitives import ring
 
 
 def _reference(x, lo, hi, kernel, stride, padding):

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from privquant.protocols import requant as rq
-from privquant.protocols import ring
-from privquant.protocols.channel import HEADER_BYTES
-from privquant.protocols.transport_crypten import PIECE_BYTES
+from privquant.protocols.primitives import ring
+from privquant.protocols.transport.channel import HEADER_BYTES
+from privquant.protocols.transport.crypten import PIECE_BYTES
 
 pytestmark = pytest.mark.multiprocess
 WORKER = Path(__file__).with_name("mp_worker.py")

@@ -10,9 +10,9 @@ from proto_testlib import assert_cost, requant_op, share
 
 from privquant.program import Op, Program, TensorInfo, apply_op, ring_bits, signed_bits
 from privquant.protocols import requant as rq
-from privquant.protocols import ring
+from privquant.protocols.harness import run_protocol
+from privquant.protocols.primitives import ring
 from privquant.protocols.registry import REQUANT, REQUANT_UNFUSED, RequantOpSig, signature
-from privquant.protocols.sim import run_protocol
 
 
 # ----------------------------------------------------------------------------- the algebra

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from privquant.errors import PrivQuantError
-from privquant.protocols import packing, ring
+from privquant.protocols.primitives import packing, ring
 
 
 @pytest.mark.parametrize("ell", [0, 1, 63, 64, -3, 2.5, "8"])

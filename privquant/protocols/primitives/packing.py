@@ -18,7 +18,7 @@ import torch
 CHUNK = 1 << 18  # elements per chunk; a multiple of 8 so chunk boundaries fall on byte boundaries
 
 if sys.byteorder != "little":  # pragma: no cover - all supported platforms are little-endian
-    raise ImportError("privquant.protocols.packing assumes a little-endian host")
+    raise ImportError("privquant.protocols.primitives.packing assumes a little-endian host")
 
 
 def packed_nbytes(n: int, ell: int) -> int:

@@ -21,7 +21,7 @@ part after another. The header is then checked first, and any
 difference raises :class:`privquant.errors.PeerError` (a peer that runs another model, another
 program version or that got out of step) before the payload is used.
 
-Clean errors versus speed over gloo (details in :mod:`privquant.protocols.transport_crypten`):
+Clean errors versus speed over gloo (details in :mod:`privquant.protocols.transport.crypten`):
 gloo transmits a message only once the receiver has posted its receive, completes a receive
 silently when the message is *shorter* than the posted buffer, and aborts the whole process when
 it is *longer*. Format v1 received the header alone first and posted the payload's receive only
@@ -63,8 +63,8 @@ import numpy as np
 import torch
 
 from privquant.errors import PeerError
-from privquant.protocols import packing
-from privquant.protocols.ring import reduce
+from privquant.protocols.primitives import packing
+from privquant.protocols.primitives.ring import reduce
 
 SERVER, CLIENT, DEALER = 0, 1, 2
 PARTY_NAMES = {SERVER: "server (P0)", CLIENT: "client (P1)", DEALER: "dealer (D)"}
@@ -424,6 +424,17 @@ class Party:
         n = x.numel()
         self._post(self.peer, packing.pack(reduce(x, ell), ell), tag, ell, n, "online")
         return packing.unpack(self._recv(self.peer, tag, ell, n, "online"), n, ell).reshape(x.shape)
+
+    # -- raw bytes (OT blocks, ciphertexts, serialized public data): 8 bits per byte
+    def send_raw(self, dst: int, data: np.ndarray | bytes, tag: str, phase: str = "online") -> None:
+        """Send a flat uint8 buffer (``len(data) * 8`` logical bits) to ``dst``."""
+        a = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
+        a = np.ascontiguousarray(a, dtype=np.uint8).reshape(-1)
+        self._post(dst, torch.from_numpy(a), tag, 8, a.size, phase)
+
+    def recv_raw(self, src: int, nbytes: int, tag: str, phase: str = "online") -> np.ndarray:
+        """Receive exactly ``nbytes`` bytes (a flat uint8 array) from ``src``."""
+        return self._recv(src, tag, 8, int(nbytes), phase).numpy()
 
     # -- bit tensors (uint8 0/1), 1 bit per element on the wire
     def send_bits(self, dst: int, b: torch.Tensor, tag: str, phase: str = "online") -> None:

@@ -4,7 +4,7 @@ Seeds. The dealer shares a PRG seed with each party (pairs ``"d0"`` = {P0, D} an
 {P1, D}); P0 and P1 share a seed for common randomness (pair ``"01"``, unknown to the dealer).
 :func:`establish_seeds` distributes them in the setup phase (D->P0, D->P1, P0->P1, 128 bits each).
 Each pair seed expands into named SHAKE-256 streams (``Seeds.generator(pair, label)``: key =
-SHA-256(seed / label), see :mod:`privquant.protocols.prg`).
+SHA-256(seed / label), see :mod:`privquant.protocols.primitives.prg`).
 
 Correlations. Every correlation is produced by a function run *identically* by P0, P1 and D on a
 :class:`Correlations` object for their role:
@@ -44,11 +44,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privquant.protocols import ring
-from privquant.protocols.channel import CLIENT, DEALER, HEADER_BYTES, SERVER, Party, StatsBook
-from privquant.protocols.cost import Cost
-from privquant.protocols.packing import packed_nbytes
-from privquant.protocols.prg import Prg
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.primitives.packing import packed_nbytes
+from privquant.protocols.primitives.prg import Prg
+from privquant.protocols.transport.channel import (
+    CLIENT,
+    DEALER,
+    HEADER_BYTES,
+    SERVER,
+    Party,
+    StatsBook,
+)
 
 PAIRS = ("d0", "d1", "01")
 SEED_BYTES = 16

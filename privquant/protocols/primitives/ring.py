@@ -8,7 +8,7 @@ reduced modulo ``2^ell`` afterwards and ``2^ell`` divides ``2^64``.
 XOR (boolean) shares are ``torch.uint8`` tensors holding one bit (0/1) per element; bit
 decompositions are stored *position-major*: ``bits(x, m)[j]`` is bit ``j`` of every element of
 ``x`` (row ``j``), which keeps the rows of a prefix circuit contiguous. On the wire bits are packed
-eight to a byte (:mod:`privquant.protocols.packing`).
+eight to a byte (:mod:`privquant.protocols.primitives.packing`).
 """
 
 from __future__ import annotations

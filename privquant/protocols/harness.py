@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from privquant.protocols.base import Protocol
-from privquant.protocols.channel import DEALER, CommStats, combine
-from privquant.protocols.dealer import Seeds, make_correlations, simulated_dealer_book
-from privquant.protocols.transport_thread import simulate
+from privquant.protocols.preprocessing.dealer import Seeds, make_correlations, simulated_dealer_book
+from privquant.protocols.transport.channel import DEALER, CommStats, combine
+from privquant.protocols.transport.thread import simulate
 
 
 @dataclass

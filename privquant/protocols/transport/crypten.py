@@ -58,7 +58,13 @@ import torch
 
 from privquant._crypten import get_comm
 from privquant.errors import PeerError
-from privquant.protocols.channel import DEALER, HEADER_BYTES, PARTY_NAMES, SendHandle, Transport
+from privquant.protocols.transport.channel import (
+    DEALER,
+    HEADER_BYTES,
+    PARTY_NAMES,
+    SendHandle,
+    Transport,
+)
 
 DEFAULT_TIMEOUT = 60.0
 # Every gloo message is at most this long, and every receive posted is exactly this long (see

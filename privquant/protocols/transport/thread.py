@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from privquant.errors import PeerError
-from privquant.protocols.channel import (
+from privquant.protocols.transport.channel import (
     DEALER,
     HEADER_BYTES,
     PARTY_NAMES,

@@ -10,7 +10,7 @@ A :class:`Cost` is a total over all parties of one protocol run:
 
 ``a.then(b)`` composes sequentially (bits add, rounds add); ``a.alongside(b)`` runs in parallel
 (bits add, rounds take the max). Wire bytes are ``ceil(bits/8)`` per message plus a 16-byte header
-(:mod:`privquant.protocols.channel`) and are reported by the channel, not by ``Cost``.
+(:mod:`privquant.protocols.transport.channel`) and are reported by the channel, not by ``Cost``.
 """
 
 from __future__ import annotations
