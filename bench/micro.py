@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from privquant.baselines import sirnn
+from privquant.baselines import sci
 from privquant.protocols import requant as rq
 from privquant.protocols.basic import Open, OpenSig
 from privquant.protocols.compare import Compare, CompareSig
@@ -109,7 +109,7 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
     rows = []
     H = 1 << (ell - 1)
 
-    def row(op, r, elems, sir: sirnn.Bits, note=""):
+    def row(op, r, elems, sir: sci.Bits, note=""):
         rows.append(
             {
                 "op": op,
@@ -131,7 +131,7 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
     a, b = _share(x, ell)
     r = run(Open(), OpenSig((n,), ell), (a,), (b,))
     assert torch.equal(r["out"][0], x)
-    row("open", r, n, sirnn.Bits(2 * ell, 1))
+    row("open", r, n, sci.Bits(2 * ell, 1))
 
     # linear: conv 3x3, 16 -> 16 channels on 32x32, weights in [-7, 7], inputs small enough
     # that nothing wraps (bit-exactness checked)
@@ -148,10 +148,8 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
     m_out = int(np.prod(sig.y_shape))
     k = 16 * 9
     # SiRNN-style conv at width ell: per output element (cost model, favourable extension)
-    sl = sirnn.linear_layer(
-        32 * 32, k, 16, int(np.prod(xs)), sirnn.SirnnConfig(ell), msb_known=True
-    )
-    row("linear", r, m_out, sirnn.Bits(sl.bits // m_out, sl.rounds), "per output element")
+    sl = sci.linear_layer(32 * 32, k, 16, int(np.prod(xs)), sci.SirnnConfig(ell), msb_known=True)
+    row("linear", r, m_out, sci.Bits(sl.bits // m_out, sl.rounds), "per output element")
 
     # comparison [x >= 0]
     x = torch.randint(-H, H, (n,), generator=gen)
@@ -159,7 +157,7 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
     r = run(Compare(), CompareSig(n, ell, (0,)), (a,), (b,))
     got = r["out"][0][0] ^ r["out"][1][0]
     assert torch.equal(got.long(), (x >= 0).long())
-    row("comparison", r, n, sirnn.msb(ell))
+    row("comparison", r, n, sci.msb(ell))
 
     # fused requant + ReLU + clip
     k_sh = ell // 2
@@ -174,7 +172,7 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
         "requant_relu",
         r,
         n,
-        sirnn.truncate_and_reduce(ell, k_sh) + sirnn.relu(ell - k_sh),
+        sci.truncate_and_reduce(ell, k_sh) + sci.relu(ell - k_sh),
         f"shift {k_sh}, clip [0, {hi}]",
     )
 
@@ -189,8 +187,8 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
     want = torch.nn.functional.max_pool2d(x.double(), 2).long()
     assert torch.equal(_open(*r["out"], ell), want)
     n_out = int(np.prod(sig.out_shape))
-    rl = sirnn.relu(ell)
-    row("maxpool2x2", r, n_out, sirnn.Bits(3 * rl.bits, 3 * rl.rounds), "per output element")
+    rl = sci.relu(ell)
+    row("maxpool2x2", r, n_out, sci.Bits(3 * rl.bits, 3 * rl.rounds), "per output element")
     return rows
 
 

@@ -4,22 +4,11 @@ This is the contract between quantization (which produces it), the artifact (whi
 every executor (plaintext here; two-party in ``privquant.runtime``). All values are integers; the
 real value of an activation is ``q * scale``.
 
-Ops (per-sample shapes, the batch dimension is implicit and leading):
-
-==========  ==================================================================================
-``input``   the client's image, uint8 values in [0, 255] (real value ``q / 255``)
-``conv2d``  ``y = conv2d(x, W, stride, padding, groups) + bias``  (W, bias integers)
-``linear``  ``y = x @ W.T + bias``
-``sumpool`` sum over each window (average pooling's divisor is folded into the next requant);
-            zero padding; global average pooling is a sumpool whose window is the whole map
-``maxpool`` max over each window (padding with the input's lower bound)
-``flatten`` (C, H, W) -> (C*H*W,)
-``requant`` ``y = clip(floor((sum_i m_i[c] * x_i + offset[c]) / 2**shift), lo, hi)``: the one
-            nonlinear step between two linear layers: dyadic rescale with round-half-up (offset
-            holds ``2**(shift-1)``), ReLU (``lo = 0``) and the upper clip, residual adds (several
-            inputs, each with its own multiplier) all in one op
-``output``  the logits, real value ``y * scale`` (per-tensor scale, so argmax on integers is exact)
-==========  ==================================================================================
+Ops (per-sample shapes, the batch dimension is implicit and leading) are the kinds registered in
+:mod:`privquant.ops`, one module each with its semantics, rings, signature and protocols:
+``input`` (the client's uint8 image), ``conv2d``, ``linear``, ``sumpool``, ``maxpool``,
+``flatten``, ``neg``, ``requant`` (the fused rescale/ReLU/clip/residual step) and ``output``
+(the logits). Everything here dispatches through that table.
 
 Bounds. Every tensor carries integer bounds ``[lo, hi]`` derived from *public* quantities only
 (bit widths, fan-in, public multipliers), never from weight values, so ring widths reveal nothing
@@ -37,40 +26,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from privquant import ops
 from privquant.errors import PrivQuantError
-
-OP_KINDS = ("input", "conv2d", "linear", "sumpool", "maxpool", "flatten", "requant", "output")
-# per op kind: (number of inputs or None for >= 1, required attrs, required public arrays)
-_REQUIRED = {
-    "input": (0, (), ()),
-    "conv2d": (1, ("w_bits", "weight_shape", "stride", "padding"), ()),  # groups defaults to 1
-    "linear": (1, ("w_bits", "weight_shape"), ()),
-    "sumpool": (1, ("kernel", "stride", "padding"), ()),
-    "maxpool": (1, ("kernel", "stride", "padding"), ()),
-    "flatten": (1, (), ()),
-    "requant": (None, ("shift", "lo", "hi"), ("offset",)),
-    "output": (1, (), ()),
-}
-# ops that are linear in their (shared) inputs: computed mod 2**ell of their output's ring
-LINEAR_KINDS = ("conv2d", "linear", "sumpool", "flatten")
-
-
-def signed_bits(lo: int, hi: int) -> int:
-    """Smallest ell with ``-2**(ell-1) <= lo`` and ``hi <= 2**(ell-1) - 1`` (at least 2)."""
-    ell = 2
-    while lo < -(1 << (ell - 1)) or hi > (1 << (ell - 1)) - 1:
-        ell += 1
-    return ell
+from privquant.protocols.primitives.geometry import conv_out_hw as conv_out_hw
+from privquant.protocols.primitives.geometry import pair as pair
+from privquant.protocols.primitives.ring import signed_bits as signed_bits
 
 
 @dataclass
 class Op:
     """One step of the integer program.
 
-    ``kind`` is one of :data:`OP_KINDS`; ``name`` is the source module's qualified name (layer
-    scope for reports); ``attrs`` hold JSON-able public parameters; ``arrays`` hold integer
+    ``kind`` is a kind of :mod:`privquant.ops`; ``name`` is the source module's qualified name
+    (layer scope for reports); ``attrs`` hold JSON-able public parameters; ``arrays`` hold integer
     parameters (``weight``, ``bias``: the server's secrets; ``mult*``, ``offset``: public).
     """
 
@@ -83,7 +52,7 @@ class Op:
 
     @property
     def secret_arrays(self) -> tuple[str, ...]:
-        return tuple(k for k in ("weight", "bias") if k in self.arrays)
+        return tuple(k for k in ops.get(self.kind).secret if k in self.arrays)
 
 
 @dataclass
@@ -125,6 +94,10 @@ class Program:
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.tensors[self.input_op.output].shape
+
+    def producer(self, tensor: str) -> Op:
+        """The op writing ``tensor``."""
+        return next(op for op in self.ops if op.output == tensor)
 
     def consumers(self) -> dict[str, list[Op]]:
         out: dict[str, list[Op]] = {t: [] for t in self.tensors}
@@ -176,7 +149,7 @@ class Program:
 
     @property
     def has_weights(self) -> bool:
-        return all("weight" in op.arrays for op in self.ops if op.kind in ("conv2d", "linear"))
+        return all(k in op.arrays for op in self.ops for k in ops.get(op.kind).secret)
 
     def architecture_hash(self) -> str:
         """SHA-256 of :meth:`public_dict`, compared by server and client before secrets move."""
@@ -191,33 +164,19 @@ class Program:
         if kinds.count("input") != 1 or kinds.count("output") != 1:
             raise PrivQuantError("program must have exactly one input and one output op")
         for op in self.ops:
-            if op.kind not in OP_KINDS:
-                raise PrivQuantError(f"unknown op kind {op.kind!r} in program")
+            kind = ops.get(op.kind)
             if not isinstance(op.attrs, dict) or not isinstance(op.arrays, dict):
                 raise PrivQuantError(f"op {op.name!r}: attributes are not a mapping")
-            n_in, attrs, arrays = _REQUIRED[op.kind]
-            if (n_in is None and not op.inputs) or (n_in is not None and len(op.inputs) != n_in):
-                raise PrivQuantError(f"op {op.name!r} ({op.kind}) has {len(op.inputs)} inputs")
-            if op.kind == "requant":
-                arrays = (*arrays, *(f"mult{i}" for i in range(len(op.inputs))))
-            missing = [a for a in attrs if a not in op.attrs] + [
-                a for a in arrays if a not in op.arrays
-            ]
-            if missing:
-                raise PrivQuantError(f"op {op.name!r} ({op.kind}) lacks {', '.join(missing)}")
             for t in op.inputs:
                 if t not in seen:
                     raise PrivQuantError(f"op {op.name!r} reads {t!r} before it is computed")
             if op.output not in self.tensors:
                 raise PrivQuantError(f"op {op.name!r} writes unknown tensor {op.output!r}")
-            seen.add(op.output)
-        for op in self.ops:
-            w = op.arrays.get("weight")
-            if w is not None and list(w.shape) != list(op.attrs.get("weight_shape", [])):
-                raise PrivQuantError(f"op {op.name!r}: weight shape differs from its declaration")
             for k, a in op.arrays.items():
                 if a.dtype.kind not in "iu":
                     raise PrivQuantError(f"op {op.name!r}: array {k!r} is not integer")
+            kind.validate(op, self)
+            seen.add(op.output)
 
 
 # ---------------------------------------------------------------------- (de)serialization
@@ -252,25 +211,11 @@ def tensors_from_dict(d: dict) -> dict[str, TensorInfo]:
 
 
 # ---------------------------------------------------------------------- geometry helpers
-def pair(v) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def conv_out_hw(h: int, w: int, kernel, stride, padding) -> tuple[int, int]:
-    kh, kw = pair(kernel)
-    sh, sw = pair(stride)
-    ph, pw = pair(padding)
-    return (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-
-
 def fan_in(op: Op) -> int:
     """K: number of products summed per linear output (weights per output channel)."""
-    if op.kind in ("conv2d", "linear"):
-        return int(np.prod(op.attrs["weight_shape"][1:]))
-    raise ValueError(op.kind)
+    return int(np.prod(op.attrs["weight_shape"][1:]))
 
 
-# ---------------------------------------------------------------------- bounds and rings
 def weight_max(bits: int) -> int:
     """Largest |w| of a symmetric signed ``bits``-bit weight: ``2**(bits-1) - 1``."""
     return (1 << (bits - 1)) - 1
@@ -283,101 +228,61 @@ def linear_bound(op: Op, x: TensorInfo) -> int:
 
 def requant_presum_bounds(op: Op, ins: list[TensorInfo]) -> tuple[int, int]:
     """Bounds of ``t = sum_i m_i * x_i + offset`` inside a requant op (public)."""
-    lo = hi = 0
-    for i, x in enumerate(ins):
-        m = op.arrays[f"mult{i}"].astype(np.int64)
-        cands = np.stack([m * x.lo, m * x.hi])
-        lo += int(cands.min())
-        hi += int(cands.max())
-    off = op.arrays["offset"].astype(np.int64)
-    return lo + int(off.min()), hi + int(off.max())
+    from privquant.ops.requant import presum_bounds
+
+    return presum_bounds(op, ins)
+
+
+def atom_bits(atom: tuple[str, str], program: Program, rings: dict[str, int]) -> int:
+    """Value of one ring atom (:mod:`privquant.ops.base`) given the rings computed so far."""
+    what, t = atom
+    if what == "ring":
+        return rings[t]
+    info = program.tensors[t]
+    if what == "bits":
+        return info.bits
+    if what == "diff":
+        return signed_bits(info.lo - info.hi, info.hi - info.lo)
+    if what == "own":
+        op = program.producer(t)
+        return ops.get(op.kind).own_ring(op, program)
+    raise ValueError(f"unknown ring atom {atom!r}")
+
+
+def ring_atoms(program: Program, t: str, consumers: dict | None = None) -> list[tuple[str, str]]:
+    """The atoms whose max is tensor ``t``'s ring: its own width, then each consumer's needs."""
+    consumers = program.consumers() if consumers is None else consumers
+    out = [("bits", t)]
+    for c in consumers[t]:
+        out += ops.get(c.kind).ring_atoms(c, program, t)
+    return list(dict.fromkeys(out))
 
 
 def ring_bits(program: Program) -> dict[str, int]:
     """Per-tensor ring width ell for two-party execution (shares live in Z_{2^ell}).
 
-    A tensor must fit its own bounds; a linear consumer computes modulo its output's ring, so its
-    inputs must be shared in at least that ring; a requant consumer forms its pre-sum locally, so
-    its inputs need the pre-sum's width; a maxpool compares differences ``a - b``. Requant outputs
-    are emitted directly into this ring (no separate extension step).
+    A tensor must fit its own bounds and whatever each consumer's op kind needs of it (its ring
+    atoms: a linear consumer computes modulo its output's ring, a requant forms its pre-sum
+    locally, a maxpool compares differences). Requant outputs are emitted directly into this ring
+    (no separate extension step).
     """
     rings: dict[str, int] = {}
     consumers = program.consumers()
     for op in reversed(program.ops):
         t = op.output
-        info = program.tensors[t]
-        need = info.bits
-        for c in consumers[t]:
-            if c.kind in LINEAR_KINDS:
-                need = max(need, rings[c.output])
-            elif c.kind == "requant":
-                ins = [program.tensors[i] for i in c.inputs]
-                need = max(need, signed_bits(*requant_presum_bounds(c, ins)))
-            elif c.kind == "maxpool":
-                need = max(need, signed_bits(info.lo - info.hi, info.hi - info.lo))
-        rings[t] = need
+        rings[t] = max(atom_bits(a, program, rings) for a in ring_atoms(program, t, consumers))
     return rings
 
 
 # ---------------------------------------------------------------------- plaintext execution
-def _chan(a: np.ndarray, ndim: int) -> torch.Tensor:
-    """Per-channel vector (C,) -> broadcastable against (N, C, ...) with ``ndim`` sample dims."""
-    t = torch.as_tensor(a.astype(np.int64))
-    return t.reshape((1, -1) + (1,) * (ndim - 1))
+def apply_op(op: Op, ins: list[torch.Tensor], program: Program) -> torch.Tensor:
+    """Evaluate one op on int64 tensors (batch-first). Exact: bounds keep everything < 2**62."""
+    return ops.get(op.kind).apply(op, ins, program)
 
 
 def floor_shift(t: torch.Tensor, shift: int) -> torch.Tensor:
     """floor(t / 2**shift) for int64 tensors (arithmetic shift)."""
     return t >> shift if shift > 0 else t
-
-
-def apply_op(op: Op, ins: list[torch.Tensor], program: Program) -> torch.Tensor:
-    """Evaluate one op on int64 tensors (batch-first). Exact: bounds keep everything < 2**62."""
-    a = op.attrs
-    if op.kind == "conv2d":
-        w = torch.as_tensor(op.arrays["weight"].astype(np.int64))
-        b = torch.as_tensor(op.arrays["bias"].astype(np.int64))
-        return F.conv2d(
-            ins[0],
-            w,
-            b,
-            stride=pair(a["stride"]),
-            padding=pair(a["padding"]),
-            groups=int(a.get("groups", 1)),
-        )
-    if op.kind == "linear":
-        w = torch.as_tensor(op.arrays["weight"].astype(np.int64))
-        b = torch.as_tensor(op.arrays["bias"].astype(np.int64))
-        return ins[0] @ w.T + b
-    if op.kind == "sumpool":
-        return sumpool(ins[0], a["kernel"], a["stride"], a["padding"])
-    if op.kind == "maxpool":
-        lo = program.tensors[op.inputs[0]].lo
-        kh, kw = pair(a["kernel"])
-        ph, pw = pair(a["padding"])
-        x = F.pad(ins[0], (pw, pw, ph, ph), value=lo)
-        return (
-            x.unfold(2, kh, pair(a["stride"])[0]).unfold(3, kw, pair(a["stride"])[1]).amax((-1, -2))
-        )
-    if op.kind == "flatten":
-        return ins[0].reshape(ins[0].shape[0], -1)
-    if op.kind == "requant":
-        t = _chan(op.arrays["offset"], ins[0].dim() - 1)
-        for i, x in enumerate(ins):
-            t = t + x * _chan(op.arrays[f"mult{i}"], x.dim() - 1)
-        return floor_shift(t, int(a["shift"])).clamp(int(a["lo"]), int(a["hi"]))
-    if op.kind == "output":
-        return ins[0]
-    raise PrivQuantError(f"cannot execute op kind {op.kind!r}")
-
-
-def sumpool(x: torch.Tensor, kernel, stride, padding) -> torch.Tensor:
-    """Window sums with zero padding (exact on int64)."""
-    kh, kw = pair(kernel)
-    sh, sw = pair(stride)
-    ph, pw = pair(padding)
-    x = F.pad(x, (pw, pw, ph, ph))
-    return x.unfold(2, kh, sh).unfold(3, kw, sw).sum((-1, -2))
 
 
 def check_input(program: Program, x) -> torch.Tensor:
@@ -407,11 +312,9 @@ def run_plain(program: Program, x, keep: bool = False):
     Returns the int64 output (N, classes), or ``(output, {tensor: value})`` with ``keep=True``.
     """
     env: dict[str, torch.Tensor] = {}
-    for op in program.ops:
-        if op.kind == "input":
-            env[op.output] = check_input(program, x)
-            continue
-        env[op.output] = apply_op(op, [env[i] for i in op.inputs], program)
+    for op in program.ops:  # the input op (no inputs) receives the client's batch
+        ins = [env[i] for i in op.inputs] if op.inputs else [x]
+        env[op.output] = apply_op(op, ins, program)
     out = env[program.output_op.output]
     return (out, env) if keep else out
 

@@ -11,16 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from privquant.program import Program, ring_bits
-from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
-from privquant.protocols.primitives.cost import Cost
-from privquant.protocols.registry import op_cost
+from privquant.costs import FIELDS, HANDSHAKE_SCOPE, MB, SEEDS_SCOPE, declared
+from privquant.program import Program
 from privquant.protocols.transport.channel import CommStats, combine
 
-SEEDS_SCOPE = "(seeds)"
-HANDSHAKE_SCOPE = "(handshake)"
-FIELDS = ("online_bits", "offline_bits", "setup_bits", "rounds")
-MB = 8 * 1e6  # bits per (decimal) megabyte
+__all__ = ["FIELDS", "HANDSHAKE_SCOPE", "MB", "SEEDS_SCOPE", "CommReport", "LayerComm"]
 
 
 @dataclass
@@ -63,20 +58,14 @@ class CommReport:
     ) -> CommReport:
         """Build from each party's ``{"stats": ..., "scopes": ...}`` (RoleResult fields)."""
         totals = combine([CommStats.from_dict(p["stats"]) for p in parties])
-        rings = ring_bits(program)
-        declared: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
-        kinds: dict[str, list[str]] = {SEEDS_SCOPE: ["seeds"]}
-        for op in program.ops:
-            c = op_cost(op, program, rings, batch, backend)
-            declared[op.name] = declared[op.name].then(c) if op.name in declared else c
-            kinds.setdefault(op.name, []).append(op.kind)
+        _total, costs, kinds = declared(program, batch=batch, backend=backend)
         names = list(kinds)
         extra = sorted({s for p in parties for s in p["scopes"]} - set(names))
         layers = []
         for name in extra + names:
             st = [CommStats.from_dict(p["scopes"][name]) for p in parties if name in p["scopes"]]
             s = combine(st) if st else CommStats()
-            d = declared.get(name)
+            d = costs.get(name)
             layers.append(
                 LayerComm(
                     name,

@@ -1,7 +1,7 @@
 """One executor for the integer program: the two-party roles (server, client, dealer).
 
 Each role walks the same public program in the same order; a backend maps op kinds to
-protocols (``privquant.protocols.registry``). Phases, each attributed per layer scope:
+protocols (the op table, :mod:`privquant.ops`). Phases, each attributed per layer scope:
 
 1. **setup** (once per model load): seed distribution, then every protocol's ``setup`` (the
    linear layers' masked weights ``F = W - B`` sent from server to client);
@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.program import Program, check_input, ring_bits
 from privquant.protocols.preprocessing.dealer import establish_seeds, make_correlations
-from privquant.protocols.registry import protocol_for, signature
 from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
 from privquant.report import SEEDS_SCOPE
 
@@ -79,9 +79,8 @@ def run_role(
         if x.shape[0] != batch:
             raise PrivQuantError(f"input batch {x.shape[0]} differs from the agreed batch {batch}")
     rings = ring_bits(program)
-    ops = program.ops
-    sigs = [signature(op, program, rings, batch) for op in ops]
-    protos = [protocol_for(op.kind, backend) for op in ops]
+    sigs = [ops.signature(op, program, rings, batch) for op in program.ops]
+    protos = [ops.protocol(op.kind, backend) for op in program.ops]
     params = secret_params(program) if rank == SERVER else {}
     seconds: dict[str, float] = {}
 
@@ -91,14 +90,14 @@ def run_role(
             seeds = establish_seeds(party)
     corr = make_correlations(party, seeds, simulated=simulated, dealer_book=dealer_book)
     states = []
-    for op, proto, sig in zip(ops, protos, sigs):
+    for op, proto, sig in zip(program.ops, protos, sigs):
         with party.scope(op.name):
             states.append(proto.setup(corr, sig, params.get(op.name)))
     seconds["setup"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     pres = []
-    for op, proto, sig, st in zip(ops, protos, sigs, states):
+    for op, proto, sig, st in zip(program.ops, protos, sigs, states):
         with party.scope(op.name):
             pres.append(proto.offline(corr, sig, st))
     seconds["offline"] = time.perf_counter() - t0
@@ -108,9 +107,13 @@ def run_role(
         t0 = time.perf_counter()
         env: dict[str, torch.Tensor] = {}
         bar = tqdm(
-            total=len(ops), desc="private inference", unit="op", disable=not progress, leave=False
+            total=len(program.ops),
+            desc="private inference",
+            unit="op",
+            disable=not progress,
+            leave=False,
         )
-        for op, proto, sig, pre in zip(ops, protos, sigs, pres):
+        for op, proto, sig, pre in zip(program.ops, protos, sigs, pres):
             bar.set_postfix_str(op.name)
             with party.scope(op.name):
                 if op.kind == "input":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privquant.baselines import latency, sirnn
+from privquant.baselines import latency, sci, sirnn
 from privquant.errors import PrivQuantError
 from privquant.models import WEIGHTS_DIR
 
@@ -20,7 +20,7 @@ LENET = WEIGHTS_DIR / "lenet5-w8a8.pq"
 
 # ------------------------------------------------------------------------------ SiRNN-style
 def test_sirnn_model_reproduces_every_sci_anchor_within_10_percent():
-    rows = sirnn.anchor_fit()
+    rows = sci.anchor_fit()
     assert len(rows) == 14
     for r in rows:
         assert abs(r["error_pct"]) <= 10.0, r
@@ -29,11 +29,11 @@ def test_sirnn_model_reproduces_every_sci_anchor_within_10_percent():
 
 
 def test_sirnn_primitives_compose_as_in_sci():
-    assert sirnn.relu(16).bits == sirnn.msb(16).bits + sirnn.mux(16).bits
-    assert sirnn.msb(16) == sirnn.mill(15)
+    assert sci.relu(16).bits == sci.msb(16).bits + sci.mux(16).bits
+    assert sci.msb(16) == sci.mill(15)
     # extension with a known MSB (after ReLU) skips the millionaire
-    assert sirnn.z_extend(16, 26, msb_known=True).bits < sirnn.z_extend(16, 26).bits
-    assert sirnn.z_extend(8, 8) == sirnn.ZERO and sirnn.truncate_and_reduce(16, 0) == sirnn.ZERO
+    assert sci.z_extend(16, 26, msb_known=True).bits < sci.z_extend(16, 26).bits
+    assert sci.z_extend(8, 8) == sirnn.ZERO and sci.truncate_and_reduce(16, 0) == sirnn.ZERO
     # EzPC's cross_term_cost helper: d1*d2*(128*m + d3*(m*(l-m) + (m^2+m)/2))
     m, ell, k, n, rows = 16, 42, 576, 64, 1024
     ezpc = k * n * (128 * m + rows * (m * (ell - m) + (m * m + m) / 2))
@@ -44,8 +44,8 @@ def test_sirnn_primitives_compose_as_in_sci():
 def test_sirnn_program_cost_is_per_layer_and_grows_with_width(lenet5_quantized):
     prog = lenet5_quantized.program
     acts = {n.name: n.act for n in lenet5_quantized.graph.nodes}
-    r16 = sirnn.program_cost(prog, config=sirnn.SirnnConfig(16), acts=acts)
-    r8 = sirnn.program_cost(prog, config=sirnn.SirnnConfig(8), acts=acts)
+    r16 = sirnn.program_cost(prog, config=sci.SirnnConfig(16), acts=acts)
+    r8 = sirnn.program_cost(prog, config=sci.SirnnConfig(8), acts=acts)
     assert r16.total["setup_bits"] == sirnn.BASE_OT_SETUP_BYTES * 8
     assert r16.total["offline_bits"] == 0  # SCI runs everything online
     assert r16.total["online_bits"] > r8.total["online_bits"] > 0
@@ -53,15 +53,15 @@ def test_sirnn_program_cost_is_per_layer_and_grows_with_width(lenet5_quantized):
     assert {"conv1", "conv2", "fc1", "output"} <= set(names)
     assert r16.total["online_bits"] == sum(x.online_bits for x in r16.layers)
     # batch scales every term linearly
-    r16b = sirnn.program_cost(prog, batch=3, config=sirnn.SirnnConfig(16), acts=acts)
+    r16b = sirnn.program_cost(prog, batch=3, config=sci.SirnnConfig(16), acts=acts)
     conv = {x.name: x for x in r16.layers}["conv1"].online_bits
     convb = {x.name: x for x in r16b.layers}["conv1"].online_bits
     assert convb > 2 * conv
     # 32/37-bit widths use the uniform-ring form (no extension) and still cost more than 16
-    r37 = sirnn.program_cost(prog, config=sirnn.SirnnConfig(37), acts=acts)
+    r37 = sirnn.program_cost(prog, config=sci.SirnnConfig(37), acts=acts)
     assert r37.total["online_bits"] > r16.total["online_bits"]
     with pytest.raises(PrivQuantError):
-        sirnn.SirnnConfig(3)
+        sci.SirnnConfig(3)
 
 
 # ------------------------------------------------------------------------------ latency

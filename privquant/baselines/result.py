@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-MB = 8e6  # bits per (decimal) megabyte
+from privquant.costs import MB
+
 PHASES = ("online_bits", "offline_bits", "setup_bits")
 AMORTIZE = 100  # setup amortized over this many inferences in "total" figures
 

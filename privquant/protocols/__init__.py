@@ -19,7 +19,6 @@ Modules
 ``linear``                  conv2d / linear with server-known weights
 ``requant``                 fused requantization (+ the unfused ablation)
 ``maxpool``                 tree of pairwise maxima
-``registry``                program op -> (protocol, signature); backends
 ``sim``                     ``run_protocol``: one protocol end to end over threads
 ==========================  ===================================================================
 
@@ -72,7 +71,8 @@ Using it (the runtime walker)
     seeds = establish_seeds(party)                                     # setup phase, 384 bits
     corr = make_correlations(party, seeds)
     for op in program.ops:                                             # model load
-        proto, sig = protocol_for(op.kind, backend), signature(op, program, rings, batch)
+        kind = privquant.ops.get(op.kind)   # the op table (privquant.ops)
+        proto, sig = kind.protocol(backend), kind.signature(op, program, rings, batch)
         state[op] = proto.setup(corr, sig, op.arrays if rank == 0 else None)
     for op in program.ops:                                             # offline (all 3 roles)
         pre[op] = proto.offline(corr, sig, state[op])
@@ -119,16 +119,7 @@ from privquant.protocols.preprocessing.dealer import (
 )
 from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.protocols.primitives.ring import RingWidthError
-from privquant.protocols.registry import (
-    BACKENDS,
-    REQUANT,
-    REQUANT_UNFUSED,
-    RequantOpSig,
-    op_cost,
-    protocol_for,
-    signature,
-)
-from privquant.protocols.requant import RequantSig
+from privquant.protocols.requant import REQUANT, REQUANT_UNFUSED, RequantOpSig, RequantSig
 from privquant.protocols.transport.channel import (
     CLIENT,
     DEALER,
@@ -148,7 +139,6 @@ from privquant.protocols.transport.crypten import (
 from privquant.protocols.transport.thread import SimResult, ThreadHub, ThreadTransport, simulate
 
 __all__ = [
-    "BACKENDS",
     "CLIENT",
     "COMPARE",
     "DEALER",
@@ -197,12 +187,9 @@ __all__ = [
     "establish_seeds",
     "init_communicator",
     "make_correlations",
-    "op_cost",
     "presum",
-    "protocol_for",
     "run_protocol",
     "shutdown_communicator",
-    "signature",
     "simulate",
     "simulated_dealer_book",
 ]

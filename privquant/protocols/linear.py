@@ -41,10 +41,10 @@ import torch
 import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
-from privquant.program import conv_out_hw
 from privquant.protocols.base import Protocol
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import Cost
+from privquant.protocols.primitives.geometry import conv_out_hw
 from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
 
 MAX_FLOAT_LIMBS = 2

@@ -43,12 +43,13 @@ import torch
 import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
-from privquant.program import conv_out_hw, signed_bits
 from privquant.protocols import bitpoly, compare
 from privquant.protocols.base import Protocol
 from privquant.protocols.bitpoly import Poly, PolySpec
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import ZERO, Cost
+from privquant.protocols.primitives.geometry import conv_out_hw
+from privquant.protocols.primitives.ring import signed_bits
 from privquant.protocols.transport.channel import SERVER, Party
 
 

@@ -91,13 +91,15 @@ from functools import cached_property
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.program import signed_bits
 from privquant.protocols import bitpoly, compare
 from privquant.protocols import lift as lifting
+from privquant.protocols.base import Protocol
+from privquant.protocols.basic import presum
 from privquant.protocols.bitpoly import Poly, PolySpec
 from privquant.protocols.preprocessing.dealer import Correlations
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import ZERO, Cost
+from privquant.protocols.primitives.ring import signed_bits
 from privquant.protocols.transport.channel import SERVER, Party
 
 
@@ -471,7 +473,61 @@ def unfused_online(
     return x
 
 
+# ----------------------------------------------------------------------------- the op protocol
+@dataclass(frozen=True)
+class RequantOpSig:
+    """A program requant op: pre-sum (public multipliers/offset) + the fused core."""
+
+    shape: tuple[int, ...]  # (N, C, ...) of every input and of the output
+    mults: tuple[tuple[int, ...], ...]
+    offset: tuple[int, ...]
+    core: RequantSig
+
+
+class RequantOp(Protocol):
+    """Local pre-sum ``t = sum_i m_i x_i + offset`` then the fused requant (cost of the core)."""
+
+    kind = "requant"
+    fused = True
+
+    def cost(self, sig: RequantOpSig) -> Cost:
+        return cost(sig.core) if self.fused else unfused_cost(sig.core)
+
+    def offline(self, corr, sig: RequantOpSig, state=None):
+        if self.fused:
+            return offline(corr, sig.core)
+        return unfused_offline(corr, sig.core)
+
+    def online(self, party, sig: RequantOpSig, pre, *xs):
+        if len(xs) != len(sig.mults):
+            raise PrivQuantError(f"requant expects {len(sig.mults)} inputs, got {len(xs)}")
+        for x in xs:
+            if tuple(x.shape) != tuple(sig.shape):
+                raise PrivQuantError(
+                    f"requant: share has shape {tuple(x.shape)}, expected {tuple(sig.shape)}"
+                )
+        L = sig.core.ell
+        t = presum(party, [ring.reduce(x, L) for x in xs], sig.mults, sig.offset, L)
+        if self.fused:
+            return online(party, sig.core, pre, t)
+        return unfused_online(party, sig.core, pre, t)
+
+
+class RequantUnfusedOp(RequantOp):
+    """The ``--unfused`` ablation: truncation, ReLU/clip and extension as separate protocols."""
+
+    fused = False
+
+
+REQUANT = RequantOp()
+REQUANT_UNFUSED = RequantUnfusedOp()
+
+
 __all__ = [
+    "REQUANT",
+    "REQUANT_UNFUSED",
+    "RequantOp",
+    "RequantOpSig",
     "RequantPlan",
     "RequantPre",
     "RequantSig",

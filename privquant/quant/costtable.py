@@ -45,30 +45,29 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from privquant import ops
+from privquant.costs import FIELDS, SEEDS_SCOPE
+from privquant.costs import program_cost as program_cost
 from privquant.errors import PrivQuantError
 from privquant.program import (
-    LINEAR_KINDS,
     Op,
     Program,
     TensorInfo,
     linear_bound,
-    ring_bits,
+    ring_atoms,
     signed_bits,
 )
 from privquant.protocols import requant
 from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
 from privquant.protocols.primitives.cost import ZERO, Cost
-from privquant.protocols.registry import op_cost, protocol_for, signature
 from privquant.quant.calibrate import calibrate
 from privquant.quant.fakequant import INPUT_SCALE, ActQuantizer, QModel, _key
 from privquant.quant.graph import TRANSPARENT_KINDS, QGraph
 from privquant.quant.lower import lower, requant_clip, requant_op
 from privquant.quant.spec import BitAssignment, LayerBits
 
-FIELDS = ("online_bits", "offline_bits", "setup_bits", "rounds")
 DEFAULT_WBITS = (2, 3, 4, 6, 8)
 DEFAULT_ABITS = (2, 3, 4, 6, 8)
-SEEDS_SCOPE = "(seeds)"
 MAX_FACTOR_CONFIGS = 5**5  # a term folds a ring into its own key while it stays this small
 IMPOSSIBLE = -1  # cost entry of a (configuration, ring) pair that cannot occur
 
@@ -79,21 +78,6 @@ def cost_array(c: Cost) -> np.ndarray:
 
 def as_cost(a) -> Cost:
     return Cost(*(int(v) for v in a))
-
-
-def program_cost(program: Program, *, batch: int = 1, backend: str = "privquant"):
-    """Declared cost of one private inference of ``program``: ``(total, {scope: Cost})``.
-
-    The sum of every op's closed-form ``cost()`` plus the seed setup, grouped by scope
-    (``op.name``) like :class:`privquant.report.CommReport`. ``rounds`` of the total is the sum
-    over scopes, an upper bound of the session's Lamport depth (``protocols.channel``).
-    """
-    rings = ring_bits(program)
-    scopes: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
-    for op in program.ops:
-        c = op_cost(op, program, rings, batch, backend)
-        scopes[op.name] = scopes[op.name].then(c) if op.name in scopes else c
-    return Cost.sequence(scopes.values()), scopes
 
 
 # ---------------------------------------------------------------------- decision variables
@@ -324,9 +308,11 @@ class _Eval:
         if kind == "diff":
             x = self.info(name)[0]
             return signed_bits(x.lo - x.hi, x.hi - x.lo)
-        if kind == "presum":
-            op = self.op(self.sym.producer[name])
-            return signed_bits(op.attrs["t_lo"], op.attrs["t_hi"])
+        if kind == "own":
+            op, prog = self._program(self.sym.producer[name])
+            return ops.get(op.kind).own_ring(op, prog)
+        if kind == "ring":
+            return self.ring(name)
         raise ValueError(kind)
 
     def ring(self, t: str) -> int:
@@ -335,17 +321,14 @@ class _Eval:
     def _program(self, top: Op) -> tuple[Op, Program]:
         op = self.op(top)
         names = [*op.inputs, op.output]
-        if op.kind in ("requant", "maxpool"):  # their signatures read bounds
-            tensors = {t: self.info(t)[0] for t in names}
-        else:  # shapes only
-            tensors = {t: self.sym.template.tensors[t] for t in names}
+        tensors = {t: self.info(t)[0] for t in names}
         return op, Program(self.sym.template.model, [op], tensors, {})
 
     def cost(self, top: Op, rings: dict[str, int]) -> Cost:
         op, prog = self._program(top)
         if op.kind == "requant" and self.sym.fused_requant:
-            return requant.cost(signature(op, prog, rings, self.sym.batch).core)
-        return op_cost(op, prog, rings, self.sym.batch, self.sym.backend)
+            return requant.cost(ops.signature(op, prog, rings, self.sym.batch).core)
+        return ops.op_cost(op, prog, rings, self.sym.batch, self.sym.backend)
 
     def costs_over_ring(
         self, top: Op, rings: dict[str, int], ext: str, domain: tuple[int, ...]
@@ -354,13 +337,13 @@ class _Eval:
         out = np.full((len(domain), len(FIELDS)), IMPOSSIBLE, dtype=np.int64)
         op, prog = self._program(top)
         fast = op.kind == "requant" and self.sym.fused_requant and ext == op.output
-        sig = signature(op, prog, {**rings, ext: domain[-1]}, self.sym.batch) if fast else None
+        sig = ops.signature(op, prog, {**rings, ext: domain[-1]}, self.sym.batch) if fast else None
         for j, r in enumerate(domain):
             try:
                 if fast:
                     c = requant.cost(replace(sig.core, ell_out=r))
                 else:
-                    c = op_cost(op, prog, {**rings, ext: r}, self.sym.batch, self.sym.backend)
+                    c = ops.op_cost(op, prog, {**rings, ext: r}, self.sym.batch, self.sym.backend)
             except PrivQuantError:
                 continue
             out[j] = cost_array(c)
@@ -368,12 +351,8 @@ class _Eval:
 
 
 def ring_tensors(op: Op) -> list[str]:
-    """Tensors whose ring width enters ``op``'s signature (``protocols.registry.signature``)."""
-    if op.kind == "maxpool":
-        return [op.inputs[0], op.output]
-    if op.kind == "output":
-        return [op.inputs[0]]
-    return [op.output]
+    """Tensors whose ring width enters ``op``'s signature (the op kind says)."""
+    return ops.get(op.kind).ring_tensors(op)
 
 
 class SymbolicLowering:
@@ -398,7 +377,7 @@ class SymbolicLowering:
         self.qspec = {q: (qz.signed, qz.relu6) for q, qz in qm.quantizers.items()}
         self.producer = {op.output: op for op in self.template.ops}
         self.consumers = self.template.consumers()
-        self.fused_requant = bool(getattr(protocol_for("requant", backend), "fused", False))
+        self.fused_requant = bool(getattr(ops.protocol("requant", backend), "fused", False))
         self._atoms: dict[str, list[tuple[str, str]]] = {}
 
     def quantizer(self, q: str, bits: int) -> ActQuantizer:
@@ -411,14 +390,9 @@ class SymbolicLowering:
     def atoms(self, t: str) -> list[tuple[str, str]]:
         """``ring_bits`` unrolled: ring(t) = max over these atoms."""
         if t not in self._atoms:
-            out = [("bits", t)]
-            for c in self.consumers[t]:
-                if c.kind in LINEAR_KINDS:
-                    out += self.atoms(c.output)
-                elif c.kind == "requant":
-                    out.append(("presum", c.output))
-                elif c.kind == "maxpool":
-                    out.append(("diff", t))
+            out = []
+            for a in ring_atoms(self.template, t, self.consumers):
+                out += self.atoms(a[1]) if a[0] == "ring" else [a]
             self._atoms[t] = list(dict.fromkeys(out))
         return self._atoms[t]
 

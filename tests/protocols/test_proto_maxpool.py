@@ -7,11 +7,12 @@ from hypothesis import strategies as st
 from proto_testlib import assert_cost, share
 
 from privquant.errors import PrivQuantError
-from privquant.program import Op, Program, TensorInfo, apply_op, signed_bits
+from privquant.program import Op, Program, TensorInfo, apply_op
 from privquant.protocols import compare
 from privquant.protocols.harness import run_protocol
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
 from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.ring import signed_bits
 
 
 def _reference(x, lo, hi, kernel, stride, padding):

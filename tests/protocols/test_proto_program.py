@@ -1,4 +1,4 @@
-"""A small integer program run end to end through the registry (setup, offline, online) by a
+"""A small integer program run end to end through the op table (setup, offline, online) by a
 minimal walker written against the public API: bit-exact with ``run_plain`` and, per op (scope),
 measured == ``op_cost`` in every phase, rounds included."""
 
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from privquant.ops import op_cost, protocol, signature
 from privquant.program import Op, Program, TensorInfo, ring_bits, run_plain
 from privquant.protocols import (
     DEALER,
@@ -14,9 +15,6 @@ from privquant.protocols import (
     combine,
     establish_seeds,
     make_correlations,
-    op_cost,
-    protocol_for,
-    signature,
     simulate,
 )
 
@@ -109,8 +107,7 @@ def walk(party, program, rings, batch, x, backend, master, prefix=("setup/", "of
         seeds = establish_seeds(party, master=master)
     corr = make_correlations(party, seeds)
     plan = [
-        (op, protocol_for(op.kind, backend), signature(op, program, rings, batch))
-        for op in program.ops
+        (op, protocol(op.kind, backend), signature(op, program, rings, batch)) for op in program.ops
     ]
     states, pres = {}, {}
     for op, proto, sig in plan:

@@ -8,11 +8,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from proto_testlib import assert_cost, requant_op, share
 
-from privquant.program import Op, Program, TensorInfo, apply_op, ring_bits, signed_bits
+from privquant.ops import signature
+from privquant.program import Op, Program, TensorInfo, apply_op, ring_bits
 from privquant.protocols import requant as rq
 from privquant.protocols.harness import run_protocol
 from privquant.protocols.primitives import ring
-from privquant.protocols.registry import REQUANT, REQUANT_UNFUSED, RequantOpSig, signature
+from privquant.protocols.primitives.ring import signed_bits
+from privquant.protocols.requant import REQUANT, REQUANT_UNFUSED, RequantOpSig
 
 
 # ----------------------------------------------------------------------------- the algebra

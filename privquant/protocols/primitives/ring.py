@@ -42,6 +42,14 @@ def check_ell(ell: int) -> int:
     return ell
 
 
+def signed_bits(lo: int, hi: int) -> int:
+    """Smallest ell with ``-2**(ell-1) <= lo`` and ``hi <= 2**(ell-1) - 1`` (at least 2)."""
+    ell = 2
+    while lo < -(1 << (ell - 1)) or hi > (1 << (ell - 1)) - 1:
+        ell += 1
+    return ell
+
+
 def mask(ell: int) -> int:
     """``2^ell - 1``."""
     return (1 << ell) - 1

@@ -430,6 +430,8 @@ class Party:
         """Send a flat uint8 buffer (``len(data) * 8`` logical bits) to ``dst``."""
         a = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
         a = np.ascontiguousarray(a, dtype=np.uint8).reshape(-1)
+        if not a.flags.writeable:
+            a = a.copy()
         self._post(dst, torch.from_numpy(a), tag, 8, a.size, phase)
 
     def recv_raw(self, src: int, nbytes: int, tag: str, phase: str = "online") -> np.ndarray:

@@ -1,0 +1,43 @@
+"""Declared communication of a whole program, and the constants every report shares.
+
+``declared(program, batch, backend)`` sums every op's closed-form ``cost()`` (dispatched through
+:mod:`privquant.ops`) plus the seed setup, grouped by layer scope (``op.name``) exactly as the
+runtime attributes measured traffic; :class:`privquant.report.CommReport`, the search's cost
+table, ``privquant bench`` and the tests all use it, so there is one cost model.
+"""
+
+from __future__ import annotations
+
+from privquant import ops
+from privquant.program import Program, ring_bits
+from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
+from privquant.protocols.primitives.cost import Cost
+
+FIELDS = ("online_bits", "offline_bits", "setup_bits", "rounds")
+MB = 8 * 1e6  # bits per (decimal) megabyte
+SEEDS_SCOPE = "(seeds)"
+HANDSHAKE_SCOPE = "(handshake)"
+
+
+def declared(
+    program: Program, *, batch: int = 1, backend: str = "privquant"
+) -> tuple[Cost, dict[str, Cost], dict[str, list[str]]]:
+    """``(total, {scope: Cost}, {scope: [op kinds]})`` of one private inference of ``program``.
+
+    ``rounds`` of the total is the sum over scopes, an upper bound of the session's Lamport depth
+    (consecutive layers may overlap by one message; ``protocols.transport.channel``).
+    """
+    rings = ring_bits(program)
+    scopes: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
+    kinds: dict[str, list[str]] = {SEEDS_SCOPE: ["seeds"]}
+    for op in program.ops:
+        c = ops.op_cost(op, program, rings, batch, backend)
+        scopes[op.name] = scopes[op.name].then(c) if op.name in scopes else c
+        kinds.setdefault(op.name, []).append(op.kind)
+    return Cost.sequence(scopes.values()), scopes, kinds
+
+
+def program_cost(program: Program, *, batch: int = 1, backend: str = "privquant"):
+    """Declared cost of one private inference of ``program``: ``(total, {scope: Cost})``."""
+    total, scopes, _ = declared(program, batch=batch, backend=backend)
+    return total, scopes

@@ -1,0 +1,47 @@
+"""The op table: one module per integer-program op kind, registered in :data:`MODULES`.
+
+Adding an op kind = one new module defining ``KIND`` (an :class:`~privquant.ops.base.OpKind`)
+plus its tests, and one entry in :data:`MODULES`. Program validation, the plaintext executor,
+ring widths, the two-party walker, the cost report, the search's cost table and the baselines
+all dispatch through :func:`get`.
+"""
+
+from __future__ import annotations
+
+from privquant.errors import PrivQuantError
+from privquant.ops import conv2d, flatten, input_, linear, maxpool, neg, output, requant, sumpool
+from privquant.ops.base import OpKind
+from privquant.protocols.base import Protocol
+from privquant.protocols.primitives.cost import Cost
+
+MODULES = (input_, conv2d, linear, sumpool, maxpool, flatten, neg, requant, output)
+KINDS: dict[str, OpKind] = {m.KIND.name: m.KIND for m in MODULES}
+BACKENDS = ("privquant", "privquant-unfused")
+
+
+def get(kind: str) -> OpKind:
+    """The :class:`OpKind` of ``kind`` (``PrivQuantError`` if unknown)."""
+    try:
+        return KINDS[kind]
+    except (KeyError, TypeError):
+        raise PrivQuantError(f"unknown op kind {kind!r} in program") from None
+
+
+def protocol(kind: str, backend: str = "privquant") -> Protocol:
+    """The protocol executing op kind ``kind`` under ``backend``."""
+    if backend not in BACKENDS:
+        raise PrivQuantError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+    return get(kind).protocol(backend)
+
+
+def signature(op, program, rings: dict[str, int], batch: int):
+    """The public signature of ``op`` for ``batch`` samples."""
+    return get(op.kind).signature(op, program, rings, batch)
+
+
+def op_cost(op, program, rings: dict[str, int], batch: int, backend: str = "privquant") -> Cost:
+    """Closed-form cost of one op (no execution)."""
+    return protocol(op.kind, backend).cost(signature(op, program, rings, batch))
+
+
+__all__ = ["BACKENDS", "KINDS", "MODULES", "OpKind", "get", "op_cost", "protocol", "signature"]

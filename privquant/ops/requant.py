@@ -1,0 +1,129 @@
+"""``requant``: ``y = clip(floor((sum_i m_i[c] * x_i + offset[c]) / 2**shift), lo, hi)``.
+
+The one nonlinear step between two linear layers: dyadic rescale with round-half-up (``offset``
+holds ``2**(shift-1)``), ReLU (``lo = 0``) and the upper clip, residual adds (several inputs, each
+with its own public per-channel multiplier ``mult{i}``) all in one op. Its output is emitted
+directly into the ring its consumers need (no separate extension).
+
+Two-party protocol: :class:`privquant.protocols.requant.RequantOp` (local pre-sum in the pre-sum's
+ring, then the fused truncation/clip/ring change from one masked opening); the ``--unfused``
+ablation runs truncation, clip and extension as separate protocols. Ring: each input must be
+shared in at least the pre-sum's ring (an ``own`` atom: ``signed_bits`` of the pre-sum bounds).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from privquant.ops.base import OpKind, batched
+from privquant.protocols.primitives.ring import signed_bits
+from privquant.protocols.requant import REQUANT, REQUANT_UNFUSED, RequantOpSig, RequantSig
+
+
+def presum_bounds(op, ins) -> tuple[int, int]:
+    """Bounds of ``t = sum_i m_i * x_i + offset`` inside a requant op (public); ``ins`` are the
+    inputs' TensorInfos."""
+    lo = hi = 0
+    for i, x in enumerate(ins):
+        m = op.arrays[f"mult{i}"].astype(np.int64)
+        cands = np.stack([m * x.lo, m * x.hi])
+        lo += int(cands.min())
+        hi += int(cands.max())
+    off = op.arrays["offset"].astype(np.int64)
+    return lo + int(off.min()), hi + int(off.max())
+
+
+def _chan(a: np.ndarray, ndim: int) -> torch.Tensor:
+    """Per-channel vector (C,) -> broadcastable against (N, C, ...) with ``ndim`` sample dims."""
+    t = torch.as_tensor(a.astype(np.int64))
+    return t.reshape((1, -1) + (1,) * (ndim - 1))
+
+
+def _tuple(a) -> tuple[int, ...]:
+    return tuple(int(v) for v in np.asarray(a, dtype=np.int64).reshape(-1))
+
+
+class RequantKind(OpKind):
+    name = "requant"
+    arity = None
+    attrs = ("shift", "lo", "hi")
+    arrays = ("offset",)
+    protocols: ClassVar[dict] = {"privquant": REQUANT, "privquant-unfused": REQUANT_UNFUSED}
+
+    def required_arrays(self, op):
+        return (*self.arrays, *(f"mult{i}" for i in range(len(op.inputs))))
+
+    def apply(self, op, ins, program):
+        t = _chan(op.arrays["offset"], ins[0].dim() - 1)
+        for i, x in enumerate(ins):
+            t = t + x * _chan(op.arrays[f"mult{i}"], x.dim() - 1)
+        shift = int(op.attrs["shift"])
+        t = t >> shift if shift > 0 else t
+        return t.clamp(int(op.attrs["lo"]), int(op.attrs["hi"]))
+
+    def presum_bounds(self, op, program) -> tuple[int, int]:
+        return presum_bounds(op, [program.tensors[i] for i in op.inputs])
+
+    def ring_atoms(self, op, program, t):
+        return [("own", op.output)]
+
+    def own_ring(self, op, program) -> int:
+        return signed_bits(*self.presum_bounds(op, program))
+
+    def signature(self, op, program, rings, batch):
+        tlo, thi = self.presum_bounds(op, program)
+        out = batched(batch, program.tensors[op.output].shape)
+        a = op.attrs
+        core = RequantSig(
+            int(np.prod(out)),
+            signed_bits(tlo, thi),
+            int(a["shift"]),
+            int(a["lo"]),
+            int(a["hi"]),
+            tlo,
+            thi,
+            rings[op.output],
+        )
+        mults = tuple(_tuple(op.arrays[f"mult{i}"]) for i in range(len(op.inputs)))
+        return RequantOpSig(out, mults, _tuple(op.arrays["offset"]), core)
+
+    def sirnn(self, op, ctx):
+        from privquant.baselines import sci
+
+        W, f = ctx.cfg.width, ctx.cfg.f
+        bits = rounds = par_rounds = 0
+        for t in op.inputs:  # rescale every input to W bits (in parallel)
+            tw = ctx.width.get(t, W)
+            if ctx.is_accumulator(t):
+                r = sci.truncate_and_reduce(tw, f) if tw > W else sci.trunc(W, f)
+            elif tw > W:
+                r = sci.truncate_and_reduce(tw, tw - W)
+            else:
+                r = sci.ZERO
+            bits += ctx.numel(t) * r.bits
+            par_rounds = max(par_rounds, r.rounds)
+        rounds += par_rounds
+        n_out = ctx.numel(op.output)
+        if len(op.inputs) > 1:  # MatAdd: extend both, add, reduce back to W bits
+            ext = sci.s_extend(W, W + 1)
+            tr = sci.truncate_and_reduce(W + 1, 1)
+            bits += len(op.inputs) * n_out * ext.bits + n_out * tr.bits
+            rounds += ext.rounds + tr.rounds
+        act = (ctx.acts or {}).get(op.name, "unknown")
+        lo, hi = int(op.attrs["lo"]), int(op.attrs["hi"])
+        qbits = int(op.attrs.get("bits", 8))
+        is_relu = act in ("relu", "relu6") if act != "unknown" else lo == 0
+        has_clip = act == "relu6" if act != "unknown" else (lo == 0 and hi < (1 << qbits) - 1)
+        for needed in (is_relu, has_clip):
+            if needed:
+                r = sci.relu(W)
+                bits += n_out * r.bits
+                rounds += r.rounds
+        ctx.width[op.output] = W
+        return sci.Bits(int(bits), rounds)
+
+
+KIND = RequantKind()
