@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privquant import ops
 from privquant._crypten import crypten_module
 from privquant.baselines.result import BackendResult, LayerCost
 from privquant.errors import PeerError, PrivQuantError
@@ -192,71 +193,47 @@ def _wchar() -> int:
 
 
 # ------------------------------------------------------------------------------ the network
-def _pair(v):
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+class NetworkContext:
+    """What a graph kind's ``crypten`` hook sees (:meth:`privquant.ops.graph.GraphKind.crypten`):
+    sharing of the client's input and the server's weights, and the output to the client."""
+
+    def __init__(self, crypten, spec: dict, rank: int, weights=None, x=None):
+        self.crypten, self.spec, self.rank = crypten, spec, rank
+        self.weights, self.x = weights, x
+        self.logits = None
+
+    def share_input(self):
+        shape = (int(self.spec["batch"]), *self.spec["input_shape"])
+        data = self.x if self.rank == CLIENT else torch.zeros(shape)
+        return self.crypten.cryptensor(data, src=CLIENT)
+
+    def layer_params(self, node: dict):
+        if self.rank == SERVER:
+            return self.weights[node["name"]]
+        return torch.zeros(node["weight_shape"]), torch.zeros(node["bias_shape"])
+
+    def share_weight(self, w):
+        return self.crypten.cryptensor(w, src=SERVER)
+
+    def reveal_to_client(self, y):
+        out = y.get_plain_text(dst=CLIENT)
+        self.logits = out if self.rank == CLIENT else None
+        return y
 
 
 def run_network(crypten, spec: dict, meter: Meter, rank: int, weights=None, x=None):
     """Evaluate the spec'd network on MPCTensors; returns the client's float logits (or None)."""
+    ctx = NetworkContext(crypten, spec, rank, weights, x)
     env = {}
-    logits = None
     for node in spec["nodes"]:
         meter.scope = node["name"]
-        kind = node["kind"]
-        if kind == "input":
-            shape = (int(spec["batch"]), *spec["input_shape"])
-            data = x if rank == CLIENT else torch.zeros(shape)
-            env[node["name"]] = crypten.cryptensor(data, src=CLIENT)
-            continue
-        ins = [env[i] for i in node["inputs"]]
-        a = node["attrs"]
-        if kind in ("conv", "linear"):
-            wsh, bsh = node["weight_shape"], node["bias_shape"]
-            if rank == SERVER:
-                w, b = weights[node["name"]]
-            else:
-                w, b = torch.zeros(wsh), torch.zeros(bsh)
-            if kind == "conv":
-                wt = crypten.cryptensor(w, src=SERVER)
-                bt = crypten.cryptensor(b.reshape(1, -1, 1, 1), src=SERVER)
-                y = ins[0].conv2d(
-                    wt,
-                    stride=_pair(a["stride"]),
-                    padding=_pair(a["padding"]),
-                    groups=int(a.get("groups", 1)),
-                )
-                y = y + bt
-            else:
-                wt = crypten.cryptensor(w.t().contiguous(), src=SERVER)
-                bt = crypten.cryptensor(b.reshape(1, -1), src=SERVER)
-                y = ins[0].matmul(wt) + bt
-        elif kind == "add":
-            y = ins[0] + ins[1]
-        elif kind == "avgpool":
-            if a.get("global"):
-                y = ins[0].avg_pool2d(tuple(ins[0].size()[2:]))
-            else:
-                y = ins[0].avg_pool2d(
-                    _pair(a["kernel"]), stride=_pair(a["stride"]), padding=_pair(a["padding"])
-                )
-        elif kind == "maxpool":
-            y = ins[0].max_pool2d(
-                _pair(a["kernel"]), padding=_pair(a["padding"]), stride=_pair(a["stride"])
-            )
-        elif kind == "flatten":
-            y = ins[0].reshape(ins[0].size(0), -1)
-        elif kind == "output":
-            out = ins[0].get_plain_text(dst=CLIENT)
-            logits = out if rank == CLIENT else None
-            continue
-        else:
-            raise PrivQuantError(f"CrypTen-native baseline: unsupported node kind {kind!r}")
+        y = ops.graph_kind(node["kind"]).crypten(node, [env[i] for i in node["inputs"]], ctx)
         if node.get("act") == "relu":
             y = y.relu()
         elif node.get("act") == "relu6":
             y = y.hardtanh(0.0, 6.0)
         env[node["name"]] = y
-    return logits
+    return ctx.logits
 
 
 # ------------------------------------------------------------------------------ roles

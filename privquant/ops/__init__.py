@@ -11,11 +11,16 @@ from __future__ import annotations
 from privquant.errors import PrivQuantError
 from privquant.ops import conv2d, flatten, input_, linear, maxpool, neg, output, requant, sumpool
 from privquant.ops.base import OpKind
+from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.base import Protocol
 from privquant.protocols.primitives.cost import Cost
 
 MODULES = (input_, conv2d, linear, sumpool, maxpool, flatten, neg, requant, output)
 KINDS: dict[str, OpKind] = {m.KIND.name: m.KIND for m in MODULES}
+#: float-graph node kinds (``privquant.quant``), each defined in the op module it lowers to
+GRAPH_KINDS: dict[str, GraphKind] = {
+    m.KIND.graph.name: m.KIND.graph for m in MODULES if m.KIND.graph
+}
 BACKENDS = ("privquant", "privquant-unfused")
 
 
@@ -25,6 +30,14 @@ def get(kind: str) -> OpKind:
         return KINDS[kind]
     except (KeyError, TypeError):
         raise PrivQuantError(f"unknown op kind {kind!r} in program") from None
+
+
+def graph_kind(kind: str) -> GraphKind:
+    """The :class:`GraphKind` of a float-graph node kind."""
+    try:
+        return GRAPH_KINDS[kind]
+    except (KeyError, TypeError):
+        raise PrivQuantError(f"unknown graph node kind {kind!r}") from None
 
 
 def protocol(kind: str, backend: str = "privquant") -> Protocol:
@@ -44,4 +57,17 @@ def op_cost(op, program, rings: dict[str, int], batch: int, backend: str = "priv
     return protocol(op.kind, backend).cost(signature(op, program, rings, batch))
 
 
-__all__ = ["BACKENDS", "KINDS", "MODULES", "OpKind", "get", "op_cost", "protocol", "signature"]
+__all__ = [
+    "BACKENDS",
+    "GRAPH_KINDS",
+    "KINDS",
+    "MODULES",
+    "GraphKind",
+    "OpKind",
+    "QNode",
+    "get",
+    "graph_kind",
+    "op_cost",
+    "protocol",
+    "signature",
+]

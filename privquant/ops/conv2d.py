@@ -13,12 +13,110 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
+from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.linear import LINEAR, LinearSig
-from privquant.protocols.primitives.geometry import pair
+from privquant.protocols.primitives.geometry import conv_out_hw, pair
+
+
+def smallest_signed(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest signed integer dtype holding all its values (int8 for <= 8 bits)."""
+    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    for dt in (np.int8, np.int16, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return a.astype(dt)
+    return a.astype(np.int64)
+
+
+class LayerGraph(GraphKind):
+    """Shared by conv and linear graph nodes: BN-folded float weights, per-channel weight scales
+    (per-tensor for the logit layer), lowered to an integer op with ``w_bits``-bit weights whose
+    accumulator is bounded by ``K * wmax * max|x|`` (biases clipped to that bound)."""
+
+    layer = True
+    quantized = "layer"
+    fuses_act = True
+    op_kind = ""
+
+    def out_shape(self, node, in_shape) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def lower(self, node, ctx):
+        from privquant.program import Op, linear_bound
+
+        x = ctx.tensor_of(node.inputs[0])
+        xin = ctx.info(x)
+        if xin.scale is None:
+            raise PrivQuantError(f"layer {node.name!r} reads an unquantized accumulator")
+        w_shape = tuple(int(s) for s in node.weight.shape)
+        attrs = {"w_bits": ctx.w_bits(node.name), "weight_shape": list(w_shape)}
+        if self.op_kind == "conv2d":
+            a = node.attrs
+            attrs.update(
+                stride=list(pair(a["stride"])),
+                padding=list(pair(a["padding"])),
+                groups=int(a["groups"]),
+            )
+        op = Op(self.op_kind, node.name, [x], f"{node.name}:acc", attrs)
+        bmax = linear_bound(op, xin)
+        params = ctx.int_params(node.name, xin.scale)
+        if params is not None:  # the server's integers (absent when only costs are wanted)
+            w_int, b_int = params
+            op.arrays["weight"] = smallest_signed(w_int.numpy())
+            op.arrays["bias"] = np.clip(b_int.double().numpy(), -bmax, bmax).astype(np.int64)
+        s_acc = (xin.scale * ctx.w_scale(node.name)).reshape(-1)
+        s_acc = np.broadcast_to(s_acc, (w_shape[0],))
+        real = np.asarray(s_acc[0]) if ctx.is_final(node.name) else s_acc
+        ctx.emit(op, self.out_shape(node, xin.shape), -2 * bmax, 2 * bmax, None, real)
+        return [op.output]
+
+
+class ConvGraph(LayerGraph):
+    """``nn.Conv2d`` (zero padding, no dilation); a following BatchNorm2d is folded in."""
+
+    name = "conv"
+    op_kind = "conv2d"
+    folds_bn = True
+
+    def capture(self, n, mods, src):
+        if n.op != "call_module" or not isinstance(mods[n.target], nn.Conv2d):
+            return None
+        m = mods[n.target]
+        if m.padding_mode != "zeros" or isinstance(m.padding, str) or m.dilation != (1, 1):
+            raise PrivQuantError(f"conv {n.target!r}: only zero padding, no dilation supported")
+        b = m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_channels)
+        return QNode(
+            n.target,
+            "conv",
+            [src(n.args[0])],
+            weight=m.weight.detach().float(),
+            bias=b,
+            attrs={"stride": list(m.stride), "padding": list(m.padding), "groups": m.groups},
+        )
+
+    def forward(self, node, xs, params=None):
+        w, b = params
+        a = node.attrs
+        return F.conv2d(xs[0], w, b, a["stride"], a["padding"], 1, a["groups"])
+
+    def out_shape(self, node, in_shape):
+        w = node.weight.shape
+        oh, ow = conv_out_hw(*in_shape[1:], w[2:], node.attrs["stride"], node.attrs["padding"])
+        return (int(w[0]), oh, ow)
+
+    def crypten(self, node, ins, ctx):
+        a = node["attrs"]
+        w, b = ctx.layer_params(node)
+        wt = ctx.share_weight(w)
+        bt = ctx.share_weight(b.reshape(1, -1, 1, 1))
+        y = ins[0].conv2d(
+            wt, stride=pair(a["stride"]), padding=pair(a["padding"]), groups=int(a.get("groups", 1))
+        )
+        return y + bt
 
 
 class LinearLayerKind(OpKind):
@@ -66,6 +164,7 @@ class LinearLayerKind(OpKind):
 
 class Conv2dKind(LinearLayerKind):
     name = "conv2d"
+    graph = ConvGraph()
     attrs = ("w_bits", "weight_shape", "stride", "padding")  # groups defaults to 1
 
     def apply(self, op, ins, program):

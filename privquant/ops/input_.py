@@ -9,11 +9,46 @@ from __future__ import annotations
 from typing import ClassVar
 
 from privquant.ops.base import OpKind, batched
+from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.basic import INPUT, InputSig
+
+INPUT_SCALE = 1.0 / 255.0  # the image is uint8 / 255: already on its 8-bit grid
+
+
+class InputGraph(GraphKind):
+    """The model's input placeholder (the client's image)."""
+
+    name = "input"
+
+    def capture(self, n, mods, src):
+        return QNode("input", "input", []) if n.op == "placeholder" else None
+
+    def signed(self, node, inputs_signed):
+        return False  # uint8 pixels
+
+    def forward(self, node, xs, params=None):
+        return xs[0]
+
+    def lower(self, node, ctx):
+        from privquant.program import Op
+
+        ctx.emit(
+            Op("input", "input", [], "input", {"bits": 8}),
+            ctx.input_shape,
+            0,
+            255,
+            INPUT_SCALE,
+            INPUT_SCALE,
+        )
+        return ["input"]
+
+    def crypten(self, node, ins, ctx):
+        return ctx.share_input()
 
 
 class InputKind(OpKind):
     name = "input"
+    graph = InputGraph()
     arity = 0
     protocols: ClassVar[dict] = {"privquant": INPUT}
 

@@ -5,13 +5,46 @@ Same protocol and conventions as :mod:`privquant.ops.conv2d`.
 
 from __future__ import annotations
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 from privquant.ops.base import batched
-from privquant.ops.conv2d import LinearLayerKind
+from privquant.ops.conv2d import LayerGraph, LinearLayerKind
+from privquant.ops.graph import QNode
 from privquant.protocols.linear import LinearSig
+
+
+class LinearGraph(LayerGraph):
+    """``nn.Linear``."""
+
+    name = "linear"
+    op_kind = "linear"
+
+    def capture(self, n, mods, src):
+        if n.op != "call_module" or not isinstance(mods[n.target], nn.Linear):
+            return None
+        m = mods[n.target]
+        b = m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_features)
+        return QNode(n.target, "linear", [src(n.args[0])], weight=m.weight.detach().float(), bias=b)
+
+    def forward(self, node, xs, params=None):
+        w, b = params
+        return F.linear(xs[0], w, b)
+
+    def out_shape(self, node, in_shape):
+        return (int(node.weight.shape[0]),)
+
+    def crypten(self, node, ins, ctx):
+        w, b = ctx.layer_params(node)
+        wt = ctx.share_weight(w.t().contiguous())
+        bt = ctx.share_weight(b.reshape(1, -1))
+        return ins[0].matmul(wt) + bt
 
 
 class LinearKind(LinearLayerKind):
     name = "linear"
+    graph = LinearGraph()
     attrs = ("w_bits", "weight_shape")
 
     def apply(self, op, ins, program):

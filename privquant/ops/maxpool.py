@@ -8,15 +8,57 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import torch.nn as nn
 import torch.nn.functional as F
 
+from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
+from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
-from privquant.protocols.primitives.geometry import pair
+from privquant.protocols.primitives.geometry import conv_out_hw, pair
+
+
+class MaxpoolGraph(GraphKind):
+    """``nn.MaxPool2d`` (no ceil mode, no dilation): transparent on quantized integers."""
+
+    name = "maxpool"
+    transparent = True
+
+    def capture(self, n, mods, src):
+        if n.op != "call_module" or not isinstance(mods[n.target], nn.MaxPool2d):
+            return None
+        m = mods[n.target]
+        if m.ceil_mode or m.dilation not in (1, (1, 1)):
+            raise PrivQuantError(f"{n.target!r}: ceil_mode/dilation not supported")
+        attrs = {"kernel": m.kernel_size, "stride": m.stride or m.kernel_size, "padding": m.padding}
+        return QNode(n.target, "maxpool", [src(n.args[0])], attrs=attrs)
+
+    def forward(self, node, xs, params=None):
+        a = node.attrs
+        return F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"])
+
+    def lower(self, node, ctx):
+        from privquant.program import Op
+
+        x = ctx.tensor_of(node.inputs[0])
+        xin = ctx.info(x)
+        kern, stride, pad = (pair(node.attrs[k]) for k in ("kernel", "stride", "padding"))
+        oh, ow = conv_out_hw(*xin.shape[1:], kern, stride, pad)
+        attrs = {"kernel": list(kern), "stride": list(stride), "padding": list(pad)}
+        op = Op("maxpool", node.name, [x], node.name, attrs)
+        ctx.emit(op, (xin.shape[0], oh, ow), xin.lo, xin.hi, xin.scale, ctx.real(x))
+        return [op.output]
+
+    def crypten(self, node, ins, ctx):
+        a = node["attrs"]
+        return ins[0].max_pool2d(
+            pair(a["kernel"]), padding=pair(a["padding"]), stride=pair(a["stride"])
+        )
 
 
 class MaxpoolKind(OpKind):
     name = "maxpool"
+    graph = MaxpoolGraph()
     attrs = ("kernel", "stride", "padding")
     protocols: ClassVar[dict] = {"privquant": MAXPOOL}
 

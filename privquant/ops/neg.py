@@ -9,12 +9,14 @@ with the input's scale: bounds ``[-hi, -lo]``; it is transparent for quantizatio
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from privquant.ops.base import OpKind, batched
+from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.base import LocalProtocol
 from privquant.protocols.primitives import ring
 
@@ -37,8 +39,40 @@ class Neg(LocalProtocol):
 NEG = Neg()
 
 
+class NegGraph(GraphKind):
+    """``-x``, ``torch.neg(x)``, ``x.neg()``: transparent on quantized integers."""
+
+    name = "neg"
+    transparent = True
+
+    def capture(self, n, mods, src):
+        hit = (n.op == "call_function" and n.target in (operator.neg, torch.neg)) or (
+            n.op == "call_method" and n.target == "neg"
+        )
+        return QNode(n.name, "neg", [src(n.args[0])]) if hit else None
+
+    def signed(self, node, inputs_signed):
+        return True
+
+    def forward(self, node, xs, params=None):
+        return -xs[0]
+
+    def lower(self, node, ctx):
+        from privquant.program import Op
+
+        x = ctx.tensor_of(node.inputs[0])
+        xin = ctx.info(x)
+        op = Op("neg", node.name, [x], node.name)
+        ctx.emit(op, xin.shape, -xin.hi, -xin.lo, xin.scale, ctx.real(x))
+        return [op.output]
+
+    def crypten(self, node, ins, ctx):
+        return -ins[0]
+
+
 class NegKind(OpKind):
     name = "neg"
+    graph = NegGraph()
     ring_linear = True
     protocols: ClassVar[dict] = {"privquant": NEG}
 

@@ -13,12 +13,15 @@ shared in at least the pre-sum's ring (an ``own`` atom: ``signed_bits`` of the p
 
 from __future__ import annotations
 
+import operator
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
+from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.primitives.ring import signed_bits
 from privquant.protocols.requant import REQUANT, REQUANT_UNFUSED, RequantOpSig, RequantSig
 
@@ -43,11 +46,40 @@ def _chan(a: np.ndarray, ndim: int) -> torch.Tensor:
 
 
 def _tuple(a) -> tuple[int, ...]:
-    return tuple(int(v) for v in np.asarray(a, dtype=np.int64).reshape(-1))
+    return tuple(np.asarray(a, dtype=np.int64).reshape(-1).tolist())
+
+
+class AddGraph(GraphKind):
+    """Residual add ``a + b`` (``+``, ``torch.add``, ``x.add(y)``): lowered to one requant op
+    that rescales both branches to the output scale with public multipliers."""
+
+    name = "add"
+    quantized = "always"
+    fuses_act = True
+    rescales_inputs = True
+
+    def capture(self, n, mods, src):
+        hit = (n.op == "call_function" and n.target in (operator.add, torch.add)) or (
+            n.op == "call_method" and n.target == "add"
+        )
+        return QNode(n.name, "add", [src(n.args[0]), src(n.args[1])]) if hit else None
+
+    def forward(self, node, xs, params=None):
+        return xs[0] + xs[1]
+
+    def lower(self, node, ctx):
+        ins = [ctx.tensor_of(i) for i in node.inputs]
+        if ctx.info(ins[0]).shape != ctx.info(ins[1]).shape:
+            raise PrivQuantError(f"add {node.name!r}: shapes differ")
+        return ins
+
+    def crypten(self, node, ins, ctx):
+        return ins[0] + ins[1]
 
 
 class RequantKind(OpKind):
     name = "requant"
+    graph = AddGraph()
     arity = None
     attrs = ("shift", "lo", "hi")
     arrays = ("offset",)

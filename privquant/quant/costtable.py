@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -49,21 +49,13 @@ from privquant import ops
 from privquant.costs import FIELDS, SEEDS_SCOPE
 from privquant.costs import program_cost as program_cost
 from privquant.errors import PrivQuantError
-from privquant.program import (
-    Op,
-    Program,
-    TensorInfo,
-    linear_bound,
-    ring_atoms,
-    signed_bits,
-)
-from privquant.protocols import requant
+from privquant.program import Op, Program, TensorInfo, ring_atoms, signed_bits
 from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
 from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.quant.calibrate import calibrate
-from privquant.quant.fakequant import INPUT_SCALE, ActQuantizer, QModel, _key
-from privquant.quant.graph import TRANSPARENT_KINDS, QGraph
-from privquant.quant.lower import lower, requant_clip, requant_op
+from privquant.quant.fakequant import ActQuantizer, QModel, _key
+from privquant.quant.graph import QGraph, is_transparent
+from privquant.quant.lower import LowerContext, lower, requant_clip
 from privquant.quant.spec import BitAssignment, LayerBits
 
 DEFAULT_WBITS = (2, 3, 4, 6, 8)
@@ -108,7 +100,7 @@ class BitVars:
 
     def _source(self, layer: str, qset: set[str]) -> str:
         node = self.graph.node(self.graph.node(layer).inputs[0])
-        while node.kind in TRANSPARENT_KINDS:
+        while is_transparent(node):
             node = self.graph.node(node.inputs[0])
         if node.kind == "input":
             return "input"
@@ -205,20 +197,35 @@ def frozen_qmodel(graph: QGraph, bits: BitAssignment, scales: ScaleBook) -> QMod
 
 
 # ---------------------------------------------------------------------- symbolic lowering
-class _Eval:
-    """Recomputes the bit-dependent parts of the template program for one set of values.
+class _LazyInfo:
+    """A tensor's facts for a signature: the shape at once, bounds and scale only when read (so
+    a term depends only on the variables its signature actually reads)."""
 
-    Mirrors ``quant.lower`` field by field (same float expressions; requant ops come from the
-    same ``lower.requant_op``) and records which variables it reads (``used``): that is how a term
-    finds what its cost depends on.
-    """
+    __slots__ = ("ctx", "name", "shape")
+
+    def __init__(self, ctx: SymbolicContext, name: str, shape):
+        self.ctx, self.name, self.shape = ctx, name, shape
+
+    lo = property(lambda s: s.ctx.info(s.name).lo)
+    hi = property(lambda s: s.ctx.info(s.name).hi)
+    scale = property(lambda s: s.ctx.info(s.name).scale)
+    bits = property(lambda s: s.ctx.info(s.name).bits)
+
+
+class SymbolicContext(LowerContext):
+    """The lowering (:mod:`privquant.quant.lower`, the graph kinds' own ``lower``) evaluated
+    lazily for one assignment of the decision variables, recording which variables it reads
+    (``used``): how a term of the table finds what its cost depends on. There is no second copy
+    of the lowering here."""
 
     def __init__(self, sym: SymbolicLowering, values: dict[str, int]):
+        super().__init__(sym.graph, sym.final)
         self.sym = sym
         self.values = values
         self.used: set[str] = set()
-        self.memo: dict[str, tuple[TensorInfo, np.ndarray]] = {}
+        self._own: dict[str, list[str]] = {}
 
+    # -- variables
     def var(self, name: str) -> int:
         self.used.add(name)
         try:
@@ -232,81 +239,62 @@ class _Eval:
             return max((self.var(avar(s)) for s in d), default=8)
         return self.var(avar(q))
 
-    def info(self, t: str) -> tuple[TensorInfo, np.ndarray]:
-        """TensorInfo and real scale of tensor ``t`` (as ``lower`` records them)."""
-        if t in self.memo:
-            return self.memo[t]
-        sym = self.sym
-        op = sym.producer[t]
-        shape = sym.template.tensors[t].shape
-        if op.kind == "input":
-            r = TensorInfo(t, shape, 0, 255, INPUT_SCALE), np.asarray(INPUT_SCALE)
-        elif op.kind in ("conv2d", "linear"):
-            xin, _ = self.info(op.inputs[0])
-            lop = self.op(op)
-            bmax = linear_bound(lop, xin)
-            wb = lop.attrs["w_bits"]
-            s_acc = (xin.scale * sym.scales.w_scale(op.name, wb)).reshape(-1)
-            s_acc = np.broadcast_to(s_acc, (int(lop.attrs["weight_shape"][0]),))
-            real = s_acc if op.name != sym.final else np.asarray(s_acc[0])
-            r = TensorInfo(t, shape, -2 * bmax, 2 * bmax), real
-        elif op.kind == "requant":
-            b = self.qbits(op.name)
-            lo, hi, s_out = self._clip(op.name, b)
-            r = TensorInfo(t, shape, lo, hi, s_out), np.asarray(s_out)
-        elif op.kind == "sumpool":
-            xin, rin = self.info(op.inputs[0])
-            kh, kw = op.attrs["kernel"]
-            window = int(kh) * int(kw)
-            r = (
-                TensorInfo(t, shape, window * min(xin.lo, 0), window * max(xin.hi, 0)),
-                np.asarray(rin / window),
-            )
-        elif op.kind == "maxpool":
-            xin, rin = self.info(op.inputs[0])
-            r = TensorInfo(t, shape, xin.lo, xin.hi, xin.scale), rin
-        elif op.kind == "flatten":
-            xin, rin = self.info(op.inputs[0])
-            real = rin if np.ndim(rin) == 0 else np.repeat(rin, np.prod(xin.shape[1:]))
-            r = TensorInfo(t, shape, xin.lo, xin.hi, xin.scale), real
-        elif op.kind == "output":
-            xin, rin = self.info(op.inputs[0])
-            r = TensorInfo(t, shape, xin.lo, xin.hi, float(np.ravel(rin)[0])), rin
-        else:
-            raise PrivQuantError(f"cost table: unsupported op kind {op.kind!r}")
-        self.memo[t] = r
-        return r
+    def w_bits(self, layer):
+        return self.var(wvar(layer))
 
-    def _clip(self, q: str, b: int) -> tuple[int, int, float]:
-        s_out = self.sym.scales.a_scale(q, b)
-        return (*requant_clip(self.sym.quantizer(q, b), s_out), s_out)
+    def w_scale(self, layer):
+        return self.sym.scales.w_scale(layer, self.w_bits(layer))
+
+    def quantizer(self, q):
+        if q not in self.sym.qspec:
+            return None
+        return self.sym.quantizer(q, self.qbits(q))
+
+    def a_scale(self, q):
+        return self.sym.scales.a_scale(q, self.qbits(q))
+
+    # -- lazy graph: a tensor's facts are computed on first use, by the step that emits it
+    def tensor_of(self, node):
+        return self.sym.produced[node]  # structure does not depend on the variables
+
+    def _ensure(self, tensor: str) -> None:
+        if tensor in self.tensors:
+            return
+        node = self.graph.node(self.sym.origin[tensor])
+        if node.name not in self._own:
+            self._own[node.name] = self.lower_own(node)
+        if tensor not in self.tensors:  # the quantizer's requant op
+            self.finish(node, self._own[node.name])
+
+    def info(self, tensor):
+        q = self.sym.requantized.get(tensor)
+        if q is not None and tensor not in self.tensors:
+            # a requant's output facts depend only on its quantizer: no need to build the op
+            s_out = self.a_scale(q)
+            lo, hi = requant_clip(self.quantizer(q), s_out)
+            return TensorInfo(tensor, self.sym.template.tensors[tensor].shape, lo, hi, s_out)
+        self._ensure(tensor)
+        return self.tensors[tensor]
+
+    def real(self, tensor):
+        q = self.sym.requantized.get(tensor)
+        if q is not None and tensor not in self.tensors:
+            return np.asarray(self.a_scale(q))
+        self._ensure(tensor)
+        return self.reals[tensor]
 
     def op(self, top: Op) -> Op:
-        """The op ``lower`` would emit for these values (weights and biases left out)."""
-        if top.kind in ("conv2d", "linear"):
-            attrs = {**top.attrs, "w_bits": self.var(wvar(top.name))}
-            return Op(top.kind, top.name, list(top.inputs), top.output, attrs)
-        if top.kind == "requant":
-            b = self.qbits(top.name)
-            ins = [self.info(t) for t in top.inputs]
-            return requant_op(
-                top.name,
-                list(top.inputs),
-                self.sym.template.tensors[top.output].shape,
-                self.sym.quantizer(top.name, b),
-                self.sym.scales.a_scale(top.name, b),
-                [r for _, r in ins],
-                [i for i, _ in ins],
-            )
-        return top
+        """The op the lowering emits for ``top``'s output under these values."""
+        self._ensure(top.output)
+        return self.ops[top.output]
 
     # ------------------------------------------------------------------ ring atoms
     def atom(self, spec: tuple[str, str]) -> int:
         kind, name = spec
         if kind == "bits":
-            return self.info(name)[0].bits
+            return self.info(name).bits
         if kind == "diff":
-            x = self.info(name)[0]
+            x = self.info(name)
             return signed_bits(x.lo - x.hi, x.hi - x.lo)
         if kind == "own":
             op, prog = self._program(self.sym.producer[name])
@@ -320,14 +308,13 @@ class _Eval:
 
     def _program(self, top: Op) -> tuple[Op, Program]:
         op = self.op(top)
-        names = [*op.inputs, op.output]
-        tensors = {t: self.info(t)[0] for t in names}
+        names = dict.fromkeys([*op.inputs, op.output])
+        shapes = self.sym.template.tensors
+        tensors = {t: _LazyInfo(self, t, shapes[t].shape) for t in names}
         return op, Program(self.sym.template.model, [op], tensors, {})
 
     def cost(self, top: Op, rings: dict[str, int]) -> Cost:
         op, prog = self._program(top)
-        if op.kind == "requant" and self.sym.fused_requant:
-            return requant.cost(ops.signature(op, prog, rings, self.sym.batch).core)
         return ops.op_cost(op, prog, rings, self.sym.batch, self.sym.backend)
 
     def costs_over_ring(
@@ -336,18 +323,21 @@ class _Eval:
         """``(len(domain), 4)`` costs of ``top`` with ring ``ext`` set to each domain value."""
         out = np.full((len(domain), len(FIELDS)), IMPOSSIBLE, dtype=np.int64)
         op, prog = self._program(top)
-        fast = op.kind == "requant" and self.sym.fused_requant and ext == op.output
-        sig = ops.signature(op, prog, {**rings, ext: domain[-1]}, self.sym.batch) if fast else None
         for j, r in enumerate(domain):
             try:
-                if fast:
-                    c = requant.cost(replace(sig.core, ell_out=r))
-                else:
-                    c = ops.op_cost(op, prog, {**rings, ext: r}, self.sym.batch, self.sym.backend)
+                c = ops.op_cost(op, prog, {**rings, ext: r}, self.sym.batch, self.sym.backend)
             except PrivQuantError:
                 continue
             out[j] = cost_array(c)
         return out
+
+
+class _StructureContext(SymbolicContext):
+    """The lowering run eagerly once (all variables at 8 bits), only to learn the structure."""
+
+    tensor_of = LowerContext.tensor_of
+    info = LowerContext.info
+    real = LowerContext.real
 
 
 def ring_tensors(op: Op) -> list[str]:
@@ -377,15 +367,24 @@ class SymbolicLowering:
         self.qspec = {q: (qz.signed, qz.relu6) for q, qz in qm.quantizers.items()}
         self.producer = {op.output: op for op in self.template.ops}
         self.consumers = self.template.consumers()
-        self.fused_requant = bool(getattr(ops.protocol("requant", backend), "fused", False))
         self._atoms: dict[str, list[tuple[str, str]]] = {}
+        # structure, from one concrete lowering: which node emits each tensor, which tensor holds
+        # each node's value, and which tensors are a quantizer's requant output
+        self.origin: dict[str, str] = {}
+        ctx = _StructureContext(self, {v: 8 for v in self.vars.names})
+        for n in graph.nodes:
+            before = set(ctx.tensors)
+            ctx.lower_node(n)
+            self.origin.update(dict.fromkeys(set(ctx.tensors) - before, n.name))
+        self.produced = dict(ctx.produced)
+        self.requantized = {ctx.produced[q]: q for q in self.qspec}
 
     def quantizer(self, q: str, bits: int) -> ActQuantizer:
         signed, relu6 = self.qspec[q]
         return ActQuantizer(q, bits, signed, relu6)
 
-    def evaluator(self, values: dict[str, int]) -> _Eval:
-        return _Eval(self, values)
+    def evaluator(self, values: dict[str, int]) -> SymbolicContext:
+        return SymbolicContext(self, values)
 
     def atoms(self, t: str) -> list[tuple[str, str]]:
         """``ring_bits`` unrolled: ring(t) = max over these atoms."""
@@ -399,9 +398,9 @@ class SymbolicLowering:
     def program(self, values: dict[str, int]) -> Program:
         """The weight-free program for ``values`` (what ``lower`` emits with these scales)."""
         ev = self.evaluator(values)
-        ops = [ev.op(op) for op in self.template.ops]
-        tensors = {t: ev.info(t)[0] for t in self.template.tensors}
-        return Program(self.template.model, ops, tensors, {})
+        for n in self.graph.nodes:
+            ev.tensor_of(n.name)
+        return ev.program(self.template.model)
 
 
 # ---------------------------------------------------------------------- the table

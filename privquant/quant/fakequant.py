@@ -20,11 +20,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from privquant import ops
 from privquant.errors import PrivQuantError
-from privquant.quant.graph import LAYER_KINDS, TRANSPARENT_KINDS, QGraph, QNode
+from privquant.ops.input_ import INPUT_SCALE as INPUT_SCALE
+from privquant.quant.graph import QGraph, QNode
 from privquant.quant.spec import BitAssignment
-
-INPUT_SCALE = 1.0 / 255.0
 
 
 def round_ste(x: torch.Tensor) -> torch.Tensor:
@@ -106,16 +106,10 @@ class QModel(nn.Module):
     # ------------------------------------------------------------------ quantizer layout
     def _make_quantizers(self, bits: BitAssignment) -> dict[str, ActQuantizer]:
         g = self.graph
-        signed: dict[str, bool] = {"input": False}
+        signed: dict[str, bool] = {}
         for n in g.nodes:
-            if n.kind == "input":
-                continue
-            if n.act:
-                signed[n.name] = False
-            elif n.kind in TRANSPARENT_KINDS or n.kind == "avgpool":
-                signed[n.name] = signed[n.inputs[0]]
-            else:
-                signed[n.name] = True
+            kind = ops.graph_kind(n.kind)
+            signed[n.name] = not n.act and kind.signed(n, [signed[i] for i in n.inputs])
         out = {}
         for q in g.quantized():
             readers = g.readers(q)
@@ -182,54 +176,35 @@ class QModel(nn.Module):
         env: dict[str, torch.Tensor] = {}
         scale: dict[str, torch.Tensor] = {}
         for n in self.graph.nodes:
-            if n.kind == "input":
-                y = x
-                scale["input"] = torch.tensor(INPUT_SCALE)
-            elif n.kind == "output":
-                return env[n.inputs[0]]
-            else:
-                xs = [env[i] for i in n.inputs]
-                if n.kind in LAYER_KINDS:
-                    w, b = self.weights[_key(n.name)], self.biases[_key(n.name)]
-                    if quant:
-                        if n.inputs[0] not in scale:
-                            raise PrivQuantError(f"layer {n.name!r} reads an unquantized tensor")
-                        w, b = self.qweight(n.name), self.qbias(n.name, scale[n.inputs[0]])
-                    if n.kind == "conv":
-                        a = n.attrs
-                        y = F.conv2d(xs[0], w, b, a["stride"], a["padding"], 1, a["groups"])
-                    else:
-                        y = F.linear(xs[0], w, b)
-                elif n.kind == "add":
-                    y = xs[0] + xs[1]
-                elif n.kind == "avgpool":
-                    if n.attrs.get("global"):
-                        y = xs[0].mean((2, 3), keepdim=True)
-                    else:
-                        a = n.attrs
-                        y = F.avg_pool2d(xs[0], a["kernel"], a["stride"], a["padding"])
-                elif n.kind == "maxpool":
-                    a = n.attrs
-                    y = F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"])
-                elif n.kind == "flatten":
-                    y = xs[0].flatten(1)
-                else:
-                    raise PrivQuantError(f"unknown node kind {n.kind!r}")
-                if n.act == "relu":
-                    y = F.relu(y)
-                elif n.act == "relu6":
-                    y = F.relu6(y)
-                if n.kind in TRANSPARENT_KINDS and n.inputs[0] in scale:
-                    scale[n.name] = scale[n.inputs[0]]
-                if n.name == stop_at:
-                    return y
-                if quant and n.name in self.quantizers:
-                    if on_quantizer is not None:
-                        on_quantizer(n.name, y)
-                    qz = self.quantizers[n.name]
-                    s = self.a_scale(n.name)
-                    y = lsq(y, s, qz.qmin, qz.qmax)
-                    scale[n.name] = s
+            kind = ops.graph_kind(n.kind)
+            xs = [env[i] for i in n.inputs] if n.inputs else [x]
+            if n.kind == "output":
+                return kind.forward(n, xs)
+            params = None
+            if kind.layer:
+                params = self.weights[_key(n.name)], self.biases[_key(n.name)]
+                if quant:
+                    if n.inputs[0] not in scale:
+                        raise PrivQuantError(f"layer {n.name!r} reads an unquantized tensor")
+                    params = self.qweight(n.name), self.qbias(n.name, scale[n.inputs[0]])
+            y = kind.forward(n, xs, params)
+            if n.act == "relu":
+                y = F.relu(y)
+            elif n.act == "relu6":
+                y = F.relu6(y)
+            if not n.inputs:  # the network input: uint8 / 255, already on its grid
+                scale[n.name] = torch.tensor(INPUT_SCALE)
+            elif kind.transparent and n.inputs[0] in scale:
+                scale[n.name] = scale[n.inputs[0]]
+            if n.name == stop_at:
+                return y
+            if quant and n.name in self.quantizers:
+                if on_quantizer is not None:
+                    on_quantizer(n.name, y)
+                qz = self.quantizers[n.name]
+                s = self.a_scale(n.name)
+                y = lsq(y, s, qz.qmin, qz.qmax)
+                scale[n.name] = s
             env[n.name] = y
             if record is not None and n.name in scale:
                 record[n.name] = (y.detach() / scale[n.name].detach()).round().to(torch.int64)

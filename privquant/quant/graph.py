@@ -1,13 +1,15 @@
 """Capture a float model with torch.fx and normalize it into a QGraph.
 
-Normalization: BatchNorm folded into the preceding conv (running statistics), ReLU/ReLU6 fused
-into the producing conv/linear/add, Dropout/Identity dropped. The QGraph then says where
-activation quantizers sit (the outputs that become ``requant`` ops in the integer program):
+Node kinds are the graph kinds of :data:`privquant.ops.GRAPH_KINDS` (each defined in the op
+module it lowers to). Normalization: BatchNorm folded into the preceding conv (running
+statistics), ReLU/ReLU6 fused into the producing conv/linear/add, Dropout/Identity dropped.
+The QGraph then says where activation quantizers sit (the outputs that become ``requant`` ops
+in the integer program), from each kind's ``quantized`` policy:
 
 * a conv/linear output is requantized unless every consumer is a residual add (then the add's
   requant rescales it directly) or it is the network output (the logits stay accumulators);
 * every add and every average pool output is requantized;
-* max pooling and flatten are transparent (they act on already quantized integers).
+* max pooling, flatten and negation are transparent (they act on already quantized integers).
 
 The bit width of a quantizer is the ``a`` of the conv/linear layers that read it (through
 transparent ops); those layers form a *tie group* and must agree.
@@ -15,30 +17,27 @@ transparent ops); those layers form a *tie group* and must agree.
 
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from privquant import ops
 from privquant.errors import PrivQuantError
+from privquant.ops.graph import QNode
 
-LAYER_KINDS = ("conv", "linear")
-TRANSPARENT_KINDS = ("maxpool", "flatten")
+__all__ = ["QGraph", "QNode", "capture", "is_layer", "is_transparent"]
 
 
-@dataclass
-class QNode:
-    """One normalized node. ``weight``/``bias`` hold BN-folded float parameters for layers."""
+def is_layer(node: QNode) -> bool:
+    """Has weights (conv/linear): a weight-bit decision variable."""
+    return ops.graph_kind(node.kind).layer
 
-    name: str
-    kind: str  # input | conv | linear | add | avgpool | maxpool | flatten | output
-    inputs: list[str]
-    act: str | None = None  # None | "relu" | "relu6"
-    attrs: dict = field(default_factory=dict)
-    weight: torch.Tensor | None = None
-    bias: torch.Tensor | None = None
+
+def is_transparent(node: QNode) -> bool:
+    """Acts on quantized integers and keeps the input's scale (maxpool, flatten, neg)."""
+    return ops.graph_kind(node.kind).transparent
 
 
 @dataclass
@@ -55,7 +54,7 @@ class QGraph:
 
     @property
     def layers(self) -> list[QNode]:
-        return [n for n in self.nodes if n.kind in LAYER_KINDS]
+        return [n for n in self.nodes if is_layer(n)]
 
     @property
     def layer_names(self) -> list[str]:
@@ -75,9 +74,9 @@ class QGraph:
     def final_layer(self) -> str:
         """The conv/linear node whose accumulator is the network output (logits)."""
         src = self.node(self.output_node.inputs[0])
-        while src.kind in TRANSPARENT_KINDS:
+        while is_transparent(src):
             src = self.node(src.inputs[0])
-        if src.kind not in LAYER_KINDS:
+        if not is_layer(src):
             raise PrivQuantError("the model must end in a linear or conv layer (the logits)")
         return src.name
 
@@ -87,11 +86,16 @@ class QGraph:
         final = self.final_layer()
         out = []
         for n in self.nodes:
-            if n.kind in ("add", "avgpool"):
+            policy = ops.graph_kind(n.kind).quantized
+            if policy == "always":
                 out.append(n.name)
-            elif n.kind in LAYER_KINDS and n.name != final:
-                only_adds = users[n.name] and all(u.kind == "add" for u in users[n.name])
-                if not only_adds:
+            elif policy == "layer" and n.name != final:
+                # a layer whose every user rescales its inputs itself (a residual add) is
+                # requantized there, jointly with the other branch
+                joint = users[n.name] and all(
+                    ops.graph_kind(u.kind).rescales_inputs for u in users[n.name]
+                )
+                if not joint:
                     out.append(n.name)
         return out
 
@@ -101,9 +105,9 @@ class QGraph:
         found, stack = [], list(users[name])
         while stack:
             u = stack.pop()
-            if u.kind in LAYER_KINDS:
+            if is_layer(u):
                 found.append(u.name)
-            elif u.kind in TRANSPARENT_KINDS:
+            elif is_transparent(u):
                 stack.extend(users[u.name])
         return sorted(set(found))
 
@@ -116,9 +120,9 @@ class QGraph:
             if u.name in seen:
                 continue
             seen.add(u.name)
-            if u.kind in LAYER_KINDS:
+            if is_layer(u):
                 found.append(u.name)
-            elif u.kind != "output":
+            elif u.name != self.output_node.name:
                 stack.extend(users[u.name])
         return sorted(set(found))
 
@@ -137,27 +141,13 @@ class QGraph:
 
 
 # ---------------------------------------------------------------------- capture
-def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold_bn(conv: nn.Module, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     w = conv.weight.detach().double()
     b = conv.bias.detach().double() if conv.bias is not None else torch.zeros(w.shape[0]).double()
     inv = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
-    w = w * inv.reshape(-1, 1, 1, 1)
+    w = w * inv.reshape(-1, *([1] * (w.dim() - 1)))
     b = (b - bn.running_mean.double()) * inv + bn.bias.detach().double()
     return w.float(), b.float()
-
-
-def _is_add(n: fx.Node) -> bool:
-    return (n.op == "call_function" and n.target in (operator.add, torch.add)) or (
-        n.op == "call_method" and n.target == "add"
-    )
-
-
-def _is_flatten(n: fx.Node, mods) -> bool:
-    if n.op == "call_module" and isinstance(mods[n.target], nn.Flatten):
-        return True
-    if n.op == "call_function" and n.target is torch.flatten:
-        return True
-    return n.op == "call_method" and n.target == "flatten"
 
 
 def _act_of(n: fx.Node, mods) -> str | None:
@@ -175,7 +165,13 @@ def _act_of(n: fx.Node, mods) -> str | None:
 
 
 def capture(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> QGraph:
-    """Trace ``model`` (eval mode) and normalize it into a QGraph."""
+    """Trace ``model`` (eval mode) and normalize it into a QGraph.
+
+    Normalization rules (generic): Dropout/Identity are dropped, a BatchNorm2d right after a node
+    whose kind ``folds_bn`` is folded into its weights, a ReLU/ReLU6 right after a node whose
+    kind ``fuses_act`` becomes its ``act``. Every other fx node is offered to the graph kinds of
+    :data:`privquant.ops.GRAPH_KINDS` in turn; the first that captures it wins.
+    """
     model = model.eval()
     try:
         gm = fx.symbolic_trace(model)
@@ -192,92 +188,39 @@ def capture(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> QGraph
         return alias[a.name]
 
     for n in gm.graph.nodes:
-        if n.op == "placeholder":
-            q = QNode("input", "input", [])
-        elif n.op == "output":
-            q = QNode("output", "output", [src(n.args[0])])
-        elif n.op == "call_module" and isinstance(mods[n.target], (nn.Dropout, nn.Identity)):
+        if n.op == "call_module" and isinstance(mods[n.target], (nn.Dropout, nn.Identity)):
             alias[n.name] = src(n.args[0])
             continue
-        elif n.op == "call_module" and isinstance(mods[n.target], nn.Conv2d):
-            m = mods[n.target]
-            if m.padding_mode != "zeros" or isinstance(m.padding, str) or m.dilation != (1, 1):
-                raise PrivQuantError(f"conv {n.target!r}: only zero padding, no dilation supported")
-            b = m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_channels)
-            q = QNode(
-                n.target,
-                "conv",
-                [src(n.args[0])],
-                weight=m.weight.detach().float(),
-                bias=b,
-                attrs={"stride": list(m.stride), "padding": list(m.padding), "groups": m.groups},
-            )
-        elif n.op == "call_module" and isinstance(mods[n.target], nn.BatchNorm2d):
+        if n.op == "call_module" and isinstance(mods[n.target], nn.BatchNorm2d):
             prev = by_name.get(src(n.args[0]))
-            if prev is None or prev.kind != "conv" or prev.act or len(n.args[0].users) != 1:
+            if (
+                prev is None
+                or not ops.graph_kind(prev.kind).folds_bn
+                or prev.act
+                or len(n.args[0].users) != 1
+            ):
                 raise PrivQuantError(f"BatchNorm {n.target!r} does not directly follow a conv")
-            conv_mod = mods[prev.name]
-            prev.weight, prev.bias = _fold_bn(conv_mod, mods[n.target])
+            prev.weight, prev.bias = _fold_bn(mods[prev.name], mods[n.target])
             alias[n.name] = prev.name
             continue
-        elif n.op == "call_module" and isinstance(mods[n.target], nn.Linear):
-            m = mods[n.target]
-            b = m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_features)
-            q = QNode(
-                n.target, "linear", [src(n.args[0])], weight=m.weight.detach().float(), bias=b
-            )
-        elif _act_of(n, mods):
+        act = _act_of(n, mods)
+        if act:
             prev = by_name.get(src(n.args[0]))
-            if prev is None or prev.kind not in ("conv", "linear", "add") or prev.act:
+            if prev is None or not ops.graph_kind(prev.kind).fuses_act or prev.act:
                 raise PrivQuantError(
                     f"activation {n.name!r} must directly follow a conv, linear or add"
                 )
             if len(n.args[0].users) != 1:
                 raise PrivQuantError(f"{prev.name!r} feeds both an activation and another op")
-            prev.act = _act_of(n, mods)
+            prev.act = act
             alias[n.name] = prev.name
             continue
-        elif _is_add(n):
-            q = QNode(n.name, "add", [src(n.args[0]), src(n.args[1])])
-        elif _is_flatten(n, mods):
-            q = QNode(n.name, "flatten", [src(n.args[0])])
-        elif n.op == "call_module" and isinstance(mods[n.target], nn.AdaptiveAvgPool2d):
-            osz = mods[n.target].output_size
-            if osz not in (1, (1, 1)):
-                raise PrivQuantError(f"{n.target!r}: only AdaptiveAvgPool2d(1) is supported")
-            q = QNode(n.target, "avgpool", [src(n.args[0])], attrs={"global": True})
-        elif n.op == "call_module" and isinstance(mods[n.target], nn.AvgPool2d):
-            m = mods[n.target]
-            pad = m.padding if isinstance(m.padding, int) else max(m.padding)
-            if pad and not m.count_include_pad:
-                raise PrivQuantError(f"{n.target!r}: count_include_pad=False is not supported")
-            if m.ceil_mode or m.divisor_override:
-                raise PrivQuantError(f"{n.target!r}: ceil_mode/divisor_override not supported")
-            q = QNode(
-                n.target,
-                "avgpool",
-                [src(n.args[0])],
-                attrs={
-                    "kernel": m.kernel_size,
-                    "stride": m.stride or m.kernel_size,
-                    "padding": m.padding,
-                },
-            )
-        elif n.op == "call_module" and isinstance(mods[n.target], nn.MaxPool2d):
-            m = mods[n.target]
-            if m.ceil_mode or m.dilation not in (1, (1, 1)):
-                raise PrivQuantError(f"{n.target!r}: ceil_mode/dilation not supported")
-            q = QNode(
-                n.target,
-                "maxpool",
-                [src(n.args[0])],
-                attrs={
-                    "kernel": m.kernel_size,
-                    "stride": m.stride or m.kernel_size,
-                    "padding": m.padding,
-                },
-            )
-        else:
+        q = None
+        for kind in ops.GRAPH_KINDS.values():
+            q = kind.capture(n, mods, src)
+            if q is not None:
+                break
+        if q is None:
             what = n.target if n.op != "call_module" else type(mods[n.target]).__name__
             raise PrivQuantError(f"unsupported operation {what!r} (node {n.name!r}) in {name!r}")
         nodes.append(q)

@@ -16,17 +16,12 @@ import math
 import numpy as np
 import torch
 
+from privquant import ops
 from privquant.errors import PrivQuantError
-from privquant.program import (
-    Op,
-    Program,
-    TensorInfo,
-    conv_out_hw,
-    linear_bound,
-    pair,
-    requant_presum_bounds,
-)
-from privquant.quant.fakequant import INPUT_SCALE, ActQuantizer, QModel
+from privquant.ops.conv2d import smallest_signed as smallest_signed
+from privquant.program import Op, Program, TensorInfo, requant_presum_bounds
+from privquant.quant.fakequant import ActQuantizer, QModel
+from privquant.quant.graph import QGraph
 
 REQUANT_EXTRA_BITS = 10
 
@@ -59,15 +54,6 @@ def dyadic(
 
 def _i64(a) -> np.ndarray:
     return np.asarray(a, dtype=np.int64)
-
-
-def smallest_signed(a: np.ndarray) -> np.ndarray:
-    """``a`` in the smallest signed integer dtype holding all its values (int8 for <= 8 bits)."""
-    lo, hi = (int(a.min()), int(a.max())) if a.size else (0, 0)
-    for dt in (np.int8, np.int16, np.int32):
-        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
-            return a.astype(dt)
-    return a.astype(np.int64)
 
 
 # |pre-sum| < 2^60 keeps it (and its ring, signed) inside the runtime's 62-bit limit
@@ -112,141 +98,139 @@ def requant_op(
     return op
 
 
+class LowerContext:
+    """What a graph kind's ``lower`` sees (:meth:`privquant.ops.graph.GraphKind.lower`).
+
+    Subclasses say where bit widths and step sizes come from: :class:`QModelContext` (a
+    calibrated QModel: :func:`lower`) or the search's symbolic lowering
+    (``privquant.quant.costtable``), which runs the very same per-node lowering lazily and records
+    which decision variables each tensor depends on. ``emit`` records an op, its output's bounds
+    and its real scale; the quantizer step after a node (a ``requant`` op) is added here, so
+    every graph kind only describes its own ops.
+    """
+
+    graph: QGraph
+    final: str
+
+    def __init__(self, graph: QGraph, final: str):
+        self.graph = graph
+        self.final = final
+        self.input_shape = tuple(graph.input_shape)
+        self.ops: dict[str, Op] = {}  # output tensor -> op
+        self.order: list[str] = []
+        self.tensors: dict[str, TensorInfo] = {}
+        self.reals: dict[str, np.ndarray] = {}
+        self.produced: dict[str, str] = {}  # QNode name -> tensor holding its value
+
+    # -- bits and scales (per context)
+    def w_bits(self, layer: str) -> int:
+        raise NotImplementedError
+
+    def w_scale(self, layer: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def quantizer(self, q: str) -> ActQuantizer | None:
+        """The activation quantizer after node ``q`` (None if it has none)."""
+        raise NotImplementedError
+
+    def a_scale(self, q: str) -> float:
+        raise NotImplementedError
+
+    def int_params(self, layer: str, s_in) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The layer's integer weight and bias, or None when only public fields are wanted."""
+        return None
+
+    # -- the graph as lowered so far
+    def is_final(self, layer: str) -> bool:
+        return layer == self.final
+
+    def tensor_of(self, node: str) -> str:
+        """The tensor holding QNode ``node``'s (possibly quantized) value."""
+        return self.produced[node]
+
+    def info(self, tensor: str) -> TensorInfo:
+        return self.tensors[tensor]
+
+    def real(self, tensor: str) -> np.ndarray:
+        return self.reals[tensor]
+
+    def emit(self, op: Op, shape, lo, hi, scale=None, real=None) -> str:
+        t = op.output
+        self.ops[t] = op
+        self.order.append(t)
+        self.tensors[t] = TensorInfo(t, tuple(int(s) for s in shape), int(lo), int(hi), scale)
+        self.reals[t] = np.asarray(real)
+        return t
+
+    # -- one node
+    def lower_node(self, node) -> str:
+        """Lower ``node`` (its kind's ops, then its quantizer's requant) and return its tensor."""
+        return self.finish(node, self.lower_own(node))
+
+    def lower_own(self, node) -> list[str]:
+        """The node kind's own ops; returns the tensors its quantizer requantizes jointly."""
+        return ops.graph_kind(node.kind).lower(node, self)
+
+    def finish(self, node, outs: list[str]) -> str:
+        """The node's quantizer step (a requant op over ``outs``), if it has one."""
+        qz = self.quantizer(node.name)
+        if qz is not None:
+            out = self.requant(node.name, outs, qz)
+        elif len(outs) == 1:
+            out = outs[0]
+        else:
+            raise PrivQuantError(f"node {node.name!r} needs an activation quantizer")
+        self.produced[node.name] = out
+        return out
+
+    def requant(self, q: str, inputs: list[str], qz: ActQuantizer) -> str:
+        s_out = float(self.a_scale(q))
+        shape = self.info(inputs[0]).shape
+        op = requant_op(
+            q,
+            inputs,
+            shape,
+            qz,
+            s_out,
+            [self.real(t) for t in inputs],
+            [self.info(t) for t in inputs],
+        )
+        return self.emit(op, shape, op.attrs["lo"], op.attrs["hi"], s_out, s_out)
+
+    def program(self, model: str) -> Program:
+        return Program(model, [self.ops[t] for t in self.order], dict(self.tensors), {})
+
+
+class QModelContext(LowerContext):
+    """Bits, step sizes and integer parameters of a calibrated QModel."""
+
+    def __init__(self, qm: QModel):
+        super().__init__(qm.graph, qm.final)
+        self.qm = qm
+
+    def w_bits(self, layer):
+        return self.qm.w_bits[layer]
+
+    def w_scale(self, layer):
+        return self.qm.w_scale(layer).double().numpy()
+
+    def quantizer(self, q):
+        return self.qm.quantizers.get(q)
+
+    def a_scale(self, q):
+        return float(self.qm.a_scale(q))
+
+    def int_params(self, layer, s_in):
+        # same float expressions as QModel.qweight / qbias, so integers match exactly
+        return self.qm.int_params(layer, torch.as_tensor(s_in, dtype=torch.float32))
+
+
 @torch.no_grad()
 def lower(qm: QModel) -> Program:
     """Build the integer program from a QModel in quant mode (after calibration / QAT)."""
-    g = qm.graph
-    ops: list[Op] = []
-    tensors: dict[str, TensorInfo] = {}
-    real: dict[str, np.ndarray] = {}  # real scale per tensor (scalar or per channel)
-    produced: dict[str, str] = {}  # QNode name -> tensor holding its (possibly quantized) value
-
-    def add_tensor(name, shape, lo, hi, scale=None):
-        tensors[name] = TensorInfo(name, tuple(int(s) for s in shape), int(lo), int(hi), scale)
-
-    def requant(node_name: str, inputs: list[str], shape) -> str:
-        s_out = float(qm.a_scale(node_name))
-        op = requant_op(
-            node_name,
-            inputs,
-            shape,
-            qm.quantizers[node_name],
-            s_out,
-            [real[t] for t in inputs],
-            [tensors[t] for t in inputs],
-        )
-        ops.append(op)
-        add_tensor(node_name, shape, op.attrs["lo"], op.attrs["hi"], s_out)
-        real[node_name] = np.asarray(s_out)
-        return node_name
-
-    for n in g.nodes:
-        if n.kind == "input":
-            ops.append(Op("input", "input", [], "input", {"bits": 8}))
-            add_tensor("input", g.input_shape, 0, 255, INPUT_SCALE)
-            real["input"] = np.asarray(INPUT_SCALE)
-            produced["input"] = "input"
-            continue
-        if n.kind == "output":
-            src = produced[n.inputs[0]]
-            ops.append(Op("output", "output", [src], "logits"))
-            t = tensors[src]
-            scale = real[src]
-            if np.ndim(scale) and np.ptp(scale) > 0:
-                raise PrivQuantError("logit layer must have a per-tensor scale")
-            add_tensor("logits", t.shape, t.lo, t.hi, float(np.ravel(scale)[0]))
-            continue
-        ins = [produced[i] for i in n.inputs]
-        if n.kind in ("conv", "linear"):
-            xin = tensors[ins[0]]
-            if xin.scale is None:
-                raise PrivQuantError(f"layer {n.name!r} reads an unquantized accumulator")
-            wb = qm.w_bits[n.name]
-            # same float expressions as QModel.qweight / qbias, so integers match exactly
-            w_int, b_int = qm.int_params(n.name, torch.as_tensor(xin.scale, dtype=torch.float32))
-            s_acc = (xin.scale * qm.w_scale(n.name).double().numpy()).reshape(-1)
-            s_acc = np.broadcast_to(s_acc, (w_int.shape[0],))
-            attrs = {"w_bits": wb, "weight_shape": list(w_int.shape)}
-            if n.kind == "conv":
-                attrs.update(
-                    stride=list(pair(n.attrs["stride"])),
-                    padding=list(pair(n.attrs["padding"])),
-                    groups=int(n.attrs["groups"]),
-                )
-            op = Op(
-                "conv2d" if n.kind == "conv" else "linear",
-                n.name,
-                ins,
-                f"{n.name}:acc",
-                attrs,
-                {"weight": smallest_signed(w_int.numpy())},
-            )
-            bmax = linear_bound(op, xin)
-            op.arrays["bias"] = _i64(np.clip(b_int.double().numpy(), -bmax, bmax))
-            ops.append(op)
-            if n.kind == "conv":
-                oh, ow = conv_out_hw(
-                    *xin.shape[1:], w_int.shape[2:], attrs["stride"], attrs["padding"]
-                )
-                shape = (w_int.shape[0], oh, ow)
-            else:
-                shape = (w_int.shape[0],)
-            add_tensor(op.output, shape, -2 * bmax, 2 * bmax)
-            real[op.output] = s_acc if n.name != qm.final else np.asarray(s_acc[0])
-            out = op.output
-            if n.name in qm.quantizers:
-                out = requant(n.name, [op.output], shape)
-        elif n.kind == "add":
-            if tensors[ins[0]].shape != tensors[ins[1]].shape:
-                raise PrivQuantError(f"add {n.name!r}: shapes differ")
-            out = requant(n.name, ins, tensors[ins[0]].shape)
-        elif n.kind == "avgpool":
-            xin = tensors[ins[0]]
-            c, h, wd = xin.shape
-            if n.attrs.get("global"):
-                kern, stride, pad = (h, wd), (h, wd), (0, 0)
-            else:
-                kern, stride, pad = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
-            window = kern[0] * kern[1]
-            oh, ow = conv_out_hw(h, wd, kern, stride, pad)
-            sp = Op(
-                "sumpool",
-                n.name,
-                ins,
-                f"{n.name}:sum",
-                {"kernel": list(kern), "stride": list(stride), "padding": list(pad)},
-            )
-            ops.append(sp)
-            add_tensor(sp.output, (c, oh, ow), window * min(xin.lo, 0), window * max(xin.hi, 0))
-            real[sp.output] = np.asarray(real[ins[0]] / window)
-            out = requant(n.name, [sp.output], (c, oh, ow))
-        elif n.kind == "maxpool":
-            xin = tensors[ins[0]]
-            c, h, wd = xin.shape
-            kern, stride, pad = (pair(n.attrs[k]) for k in ("kernel", "stride", "padding"))
-            oh, ow = conv_out_hw(h, wd, kern, stride, pad)
-            op = Op(
-                "maxpool",
-                n.name,
-                ins,
-                n.name,
-                {"kernel": list(kern), "stride": list(stride), "padding": list(pad)},
-            )
-            ops.append(op)
-            add_tensor(n.name, (c, oh, ow), xin.lo, xin.hi, xin.scale)
-            real[n.name] = real[ins[0]]
-            out = n.name
-        elif n.kind == "flatten":
-            xin = tensors[ins[0]]
-            op = Op("flatten", n.name, ins, n.name)
-            ops.append(op)
-            add_tensor(n.name, (int(np.prod(xin.shape)),), xin.lo, xin.hi, xin.scale)
-            sc = real[ins[0]]
-            real[n.name] = sc if np.ndim(sc) == 0 else np.repeat(sc, np.prod(xin.shape[1:]))
-            out = n.name
-        else:
-            raise PrivQuantError(f"cannot lower node kind {n.kind!r}")
-        produced[n.name] = out
-    prog = Program(g.model, ops, tensors, {})
+    ctx = QModelContext(qm)
+    for n in qm.graph.nodes:
+        ctx.lower_node(n)
+    prog = ctx.program(qm.graph.model)
     prog.validate()
     return prog

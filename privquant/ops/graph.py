@@ -1,0 +1,86 @@
+"""The float-graph facet of an op kind: capture, fake-quant execution, lowering, CrypTen baseline.
+
+``privquant.quant`` turns an ``nn.Module`` into a QGraph of *graph nodes* (conv, linear, add,
+avgpool, maxpool, flatten, neg, ...), runs it in float or fake-quant mode, and lowers it to the
+integer program. Each graph node kind is a :class:`GraphKind` defined in the op module it lowers
+to (``privquant/ops/conv2d.py`` holds the ``conv`` graph kind, ``requant.py`` the residual
+``add``, ``sumpool.py`` the ``avgpool``), so one module describes an op end to end. The quant
+modules dispatch through :data:`privquant.ops.GRAPH_KINDS`; nothing branches on kind strings.
+
+What a graph kind declares:
+
+* ``layer``: has weights (conv/linear): one weight-bit decision variable of the search;
+* ``transparent``: acts on already quantized integers and keeps its input's scale (maxpool,
+  flatten, neg): never followed by a quantizer, traversed when finding a quantizer's readers;
+* ``quantized``: ``"always"`` (add, avgpool: their output is requantized), ``"layer"`` (conv/linear:
+  unless every user is a residual add, or it produces the logits), ``"never"``;
+* ``fuses_act``: an activation (ReLU/ReLU6) right after it is fused into it;
+* :meth:`capture` (from a torch.fx node), :meth:`forward` (float / fake-quant),
+  :meth:`lower` (integer ops into a lowering context), :meth:`crypten` (the CrypTen-native
+  baseline on MPCTensors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from privquant.errors import PrivQuantError
+
+
+@dataclass
+class QNode:
+    """One normalized float-graph node. ``weight``/``bias`` hold BN-folded float parameters of
+    layers; ``act`` is a fused activation (None, ``"relu"`` or ``"relu6"``)."""
+
+    name: str
+    kind: str
+    inputs: list[str]
+    act: str | None = None
+    attrs: dict = field(default_factory=dict)
+    weight: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
+
+
+class GraphKind:
+    """Base class of a float-graph node kind (see the module docstring)."""
+
+    name: ClassVar[str] = ""
+    layer: ClassVar[bool] = False
+    transparent: ClassVar[bool] = False
+    quantized: ClassVar[str] = "never"  # "always" | "layer" | "never"
+    fuses_act: ClassVar[bool] = False
+    folds_bn: ClassVar[bool] = False  # a BatchNorm right after it is folded into its weights
+    #: requantizes all its inputs jointly (a residual add): a layer feeding only such nodes gets
+    #: no quantizer of its own
+    rescales_inputs: ClassVar[bool] = False
+
+    # ------------------------------------------------------------------ capture
+    def capture(self, n, mods: dict, src) -> Any:
+        """A :class:`privquant.quant.graph.QNode` for fx node ``n`` if this kind handles it, else
+        None. ``src(arg)`` maps an fx argument to the QNode name producing it (raising a clear
+        error for non-tensor arguments); ``mods`` are the traced module's named modules."""
+        return None
+
+    def signed(self, node, inputs_signed: list[bool]) -> bool:
+        """Is the node's output signed before any fused activation? (default: yes; transparent
+        kinds keep their input's sign)."""
+        return inputs_signed[0] if self.transparent else True
+
+    # ------------------------------------------------------------------ execution
+    def forward(self, node, xs: list, params=None):
+        """Output of ``node`` on input tensors ``xs`` (float or fake-quant: the caller passes the
+        weight and bias to use, float or fake-quantized, as ``params`` for layers)."""
+        raise NotImplementedError
+
+    def lower(self, node, ctx) -> list[str]:
+        """Emit the node's integer ops into ``ctx`` (:class:`privquant.quant.lower.LowerContext`)
+        and return the tensors its activation quantizer (if any) requantizes jointly: one tensor
+        for most kinds, both branches for a residual add."""
+        raise NotImplementedError
+
+    def crypten(self, node: dict, ins: list, ctx):
+        """The node on CrypTen MPCTensors (``ctx``: crypten module, rank, server weights)."""
+        raise PrivQuantError(f"CrypTen-native baseline: unsupported node kind {self.name!r}")
