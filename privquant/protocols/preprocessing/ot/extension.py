@@ -389,12 +389,45 @@ class OtSession:
             h.hash_pair(res.t[s:e], None, tw, m[s:e])
         return RotRecv(res.r, m, res.index0)
 
+    def batch(self, requests: list[OtRequest], phase: str = "offline", tag: str = "ot.b") -> list:
+        """Several extensions in one round (both parties pass the same list of
+        :class:`OtRequest`, the receiver's choices filled in at the receiver only).
+
+        This party first runs every request in which it is the receiver (it only sends), then
+        those in which it is the sender (it only receives), so requests of both directions share
+        one round. Results come back in request order. Cost: the sum of :func:`extend_cost`,
+        1 round."""
+        me = self.party.rank
+        order = [i for i, r in enumerate(requests) if r.sender != me]
+        order += [i for i, r in enumerate(requests) if r.sender == me]
+        out: list = [None] * len(requests)
+        for i in order:
+            r = requests[i]
+            fn = self.cot if r.kind == "cot" else self.rot
+            out[i] = fn(r.sender, r.n, r.choices, chosen=r.chosen, phase=phase, tag=f"{tag}.{i}")
+        return out
+
+
+@dataclass
+class OtRequest:
+    """One extension request for :meth:`OtSession.batch`: ``kind`` ``"rot"`` or ``"cot"``."""
+
+    sender: int
+    n: int
+    chosen: bool = False
+    choices: np.ndarray | None = None
+    kind: str = "rot"
+
+    def cost(self, k: int, phase: str = "offline") -> OtCost:
+        return extend_cost(k, self.n, self.chosen, phase)
+
 
 __all__ = [
     "KS",
     "LAMBDA",
     "CotRecv",
     "CotSend",
+    "OtRequest",
     "OtSession",
     "RotRecv",
     "RotSend",
