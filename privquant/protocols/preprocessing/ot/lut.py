@@ -89,6 +89,42 @@ def _mask(width: int) -> np.uint64:
     return np.uint64((1 << width) - 1)
 
 
+def index_send(
+    party: Party,
+    pre: nofn.NofNRecv,
+    v: np.ndarray | torch.Tensor,
+    known_index: bool = False,
+    tag: str = "ot.lut",
+) -> None:
+    """Index holder, first half: send ``s = v xor i`` (nothing if the index was known offline).
+    Split from :func:`index_recv` so that several lookups share their rounds."""
+    m, n = pre.m, len(pre)
+    v = np.asarray(v, dtype=np.int64).reshape(-1)
+    if v.size != n or (n and (v.min() < 0 or v.max() >= 1 << m)):
+        raise ValueError(f"lookup: expected {n} indices in [0, {1 << m})")
+    i = pre.index
+    if known_index:
+        if not np.array_equal(i, v):
+            raise ValueError("lookup: the index differs from the one fixed offline")
+    elif n:
+        party.send(party.peer, torch.from_numpy(v ^ i), m, f"{tag}.s", phase="online")
+
+
+def index_recv(
+    party: Party, pre: nofn.NofNRecv, t: int, kind: str = "xor", tag: str = "ot.lut"
+) -> np.ndarray:
+    """Index holder, second half: receive the masked table, return its share (n,) int64."""
+    t = check_t(t)
+    m, n = pre.m, len(pre)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    tp = party.recv(party.peer, (n, 1 << m), t, f"{tag}.T", phase="online").numpy()
+    ti = tp[np.arange(n), pre.index].astype(np.uint64)
+    ri = pre.key(t)
+    out = ti ^ ri if kind == "xor" else (ti - ri) & _mask(t)
+    return out.view(np.int64)
+
+
 def index_online(
     party: Party,
     pre: nofn.NofNRecv,
@@ -99,25 +135,8 @@ def index_online(
     tag: str = "ot.lut",
 ) -> np.ndarray:
     """Index holder: returns its share (n,) int64 of ``T(v)``."""
-    t = check_t(t)
-    m, n = pre.m, len(pre)
-    v = np.asarray(v, dtype=np.int64).reshape(-1)
-    if v.size != n or (n and (v.min() < 0 or v.max() >= 1 << m)):
-        raise ValueError(f"lookup: expected {n} indices in [0, {1 << m})")
-    i = pre.index
-    if known_index:
-        if not np.array_equal(i, v):
-            raise ValueError("lookup: the index differs from the one fixed offline")
-    elif n:
-        s = v ^ i
-        party.send(party.peer, torch.from_numpy(s), m, f"{tag}.s", phase="online")
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    tp = party.recv(party.peer, (n, 1 << m), t, f"{tag}.T", phase="online").numpy()
-    ti = tp[np.arange(n), i].astype(np.uint64)
-    ri = pre.key(t)
-    out = ti ^ ri if kind == "xor" else (ti - ri) & _mask(t)
-    return out.view(np.int64)
+    index_send(party, pre, v, known_index, tag)
+    return index_recv(party, pre, t, kind, tag)
 
 
 def table_online(

@@ -101,7 +101,7 @@ def and_gates_many(
     opened = []
     for t, x, y in groups:
         x = np.asarray(x, dtype=np.uint8).reshape(-1)
-        y = np.asarray(y, dtype=np.uint8).reshape(len(x), -1)
+        y = np.asarray(y, dtype=np.uint8).reshape(len(x), t.width)
         if len(t) != x.size or t.width != y.shape[1]:
             raise ValueError("AND gates: triples and operands differ in number or width")
         opened.append(np.concatenate([x ^ t.a, (y ^ t.b).reshape(-1)]))
