@@ -137,16 +137,22 @@ class CtrStreams:
         iv = int(domain).to_bytes(4, "little") + bytes(12)
         self._enc = [Cipher(algorithms.AES(bytes(s)), modes.CTR(iv)).encryptor() for s in seeds]
         self._zeros = np.zeros(0, dtype=np.uint8)
+        self._flat = np.empty(0, dtype=np.uint8)
 
     def __len__(self) -> int:
         return len(self._enc)
 
     def next(self, nbytes: int, rows=None) -> np.ndarray:
         """The next ``nbytes`` bytes of each stream in ``rows`` (default: all, in order), as a
-        (len(rows), nbytes) uint8 array (written in place by OpenSSL, no copy)."""
+        (len(rows), nbytes) uint8 array written in place by OpenSSL (no copy).
+
+        The array is a view of a buffer reused by the next call: consume it first."""
         rows = range(len(self._enc)) if rows is None else rows
         nrows = len(rows)
-        flat = _slack(nrows * nbytes)
+        need = nrows * nbytes + BLOCK
+        if self._flat.size < need:
+            self._flat = np.empty(need, dtype=np.uint8)
+        flat = self._flat
         if self._zeros.size < nbytes:
             self._zeros = np.zeros(nbytes, dtype=np.uint8)
         z = self._zeros[:nbytes]

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from privquant.protocols.preprocessing.ot import messages
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import OtRequest, OtSession, extend_cost
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.channel import SERVER, Party
@@ -47,7 +47,7 @@ def online(party: Party, rot, b: torch.Tensor, ell: int, tag: str = "ot.b2a") ->
     shape = tuple(b.shape)
     bits = b.reshape(-1).numpy().astype(np.uint8)
     if bits.size != len(rot):
-        raise ValueError(f"B2A: {bits.size} bits but {len(rot)} prepared OTs")
+        raise OtError(f"B2A: {bits.size} bits but {len(rot)} prepared OTs")
     if party.rank == SERVER:
         s = messages.products(party, [(rot, bits.astype(np.int64))], [], ell, tag)[0][0]
     else:

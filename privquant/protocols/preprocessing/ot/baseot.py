@@ -47,7 +47,7 @@ import nacl.exceptions
 import numpy as np
 
 from privquant.errors import PeerError
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.transport.channel import Party
 
 POINT = 32  # bytes of an edwards25519 point
@@ -102,7 +102,7 @@ def base_ots(
     me, peer = party.rank, party.peer
     choices = np.asarray(choices, dtype=np.uint8).reshape(-1)
     if choices.size and int(choices.max()) > 1:
-        raise ValueError("base OT choice bits must be 0 or 1")
+        raise OtError("base OT choice bits must be 0 or 1")
     n_recv = int(choices.size)
     n_send = int(n_send)
     # round 1: A

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from privquant.protocols.preprocessing.ot.cost import OtError
+
 CHUNK = 4096  # columns (OTs) per chunk: 64 KiB per 128-row chunk, the measured sweet spot
 
 _M1, _M2, _M3 = (
@@ -47,7 +49,7 @@ def transpose(m: np.ndarray, out: np.ndarray | None = None, chunk: int = CHUNK) 
     """Row-major bits (rows, n/8) -> per-OT blocks (n, rows/8); see the module docstring."""
     rows, nb = m.shape
     if rows % 8:
-        raise ValueError(f"transpose needs a multiple of 8 rows, got {rows}")
+        raise OtError(f"transpose needs a multiple of 8 rows, got {rows}")
     rb = rows // 8
     n = nb * 8
     if out is None:

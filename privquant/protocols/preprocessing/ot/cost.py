@@ -15,8 +15,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from privquant.errors import PrivQuantError
 from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.transport.channel import CommStats, combine
+
+
+class OtError(PrivQuantError, ValueError):
+    """Bad arguments to an OT protocol (counts, widths, shapes, ranges): one clear line."""
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ import torch
 from privquant.protocols.preprocessing.ot import baseot, ggm
 from privquant.protocols.preprocessing.ot.aes import DOMAIN_ROT, CtrStreams, TccrHasher, tweaks
 from privquant.protocols.preprocessing.ot.bitmatrix import transpose
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.transport.channel import Party
 
 LAMBDA = 128
@@ -68,7 +68,7 @@ HASH_CHUNK = 16384  # rows per hashing chunk (256 KiB per operand)
 
 def check_k(k: int) -> int:
     if k not in KS:
-        raise ValueError(f"SoftSpokenOT parameter k must be one of {KS}, got {k!r}")
+        raise OtError(f"SoftSpokenOT parameter k must be one of {KS}, got {k!r}")
     return int(k)
 
 
@@ -97,7 +97,7 @@ def _phase_cost(phase: str, bits: int, rounds: int) -> OtCost:
         return OtCost(offline_bits=bits, offline_rounds=rounds)
     if phase == "setup":
         return OtCost(setup_bits=bits, setup_rounds=rounds)
-    raise ValueError(f"unknown phase {phase!r}")
+    raise OtError(f"unknown phase {phase!r}")
 
 
 # ------------------------------------------------------------------------------ results
@@ -264,7 +264,7 @@ class OtSession:
 
     def __init__(self, party: Party, k: int = 2, sid: bytes = b""):
         if party.rank not in (0, 1):
-            raise ValueError("OT sessions run between P0 and P1")
+            raise OtError("OT sessions run between P0 and P1")
         self.party = party
         self.k = check_k(k)
         self.sid = bytes(sid)
@@ -302,7 +302,7 @@ class OtSession:
 
     def _dirs(self):
         if self._send is None or self._recv is None:
-            raise RuntimeError("OtSession.setup() must run before extending OTs")
+            raise OtError("OtSession.setup() must run before extending OTs")
         return self._send, self._recv
 
     # -- correlated OT (the raw Delta-correlation)
@@ -324,7 +324,7 @@ class OtSession:
         sd, rd = self._dirs()
         n = int(n)
         if n < 0:
-            raise ValueError("the number of OTs must be >= 0")
+            raise OtError("the number of OTs must be >= 0")
         nb = (n + 7) // 8
         bt = blocks(self.k)
         first = 0 if chosen else 1
@@ -343,10 +343,10 @@ class OtSession:
         t, u = _expand_receiver(rd, nb)
         if chosen:
             if choices is None:
-                raise ValueError("chosen-choice OT needs the receiver's choice bits")
+                raise OtError("chosen-choice OT needs the receiver's choice bits")
             r = np.asarray(choices, dtype=np.uint8).reshape(-1)
             if r.size != n or (n and int(r.max()) > 1):
-                raise ValueError(f"expected {n} choice bits (0/1)")
+                raise OtError(f"expected {n} choice bits (0/1)")
             rbytes = np.packbits(r, bitorder="little")
         else:
             rbytes = u[0].copy()

@@ -41,7 +41,7 @@ import torch
 
 from privquant.protocols.linear import LinearSig
 from privquant.protocols.preprocessing.ot.aes import DOMAIN_GILBOA
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import (
     OtSession,
     RotRecv,
@@ -70,12 +70,12 @@ def _positions(sig: LinearSig) -> int:
 
 def _check(sig: LinearSig, bits: int) -> None:
     if sig.kind not in ("linear", "conv2d"):
-        raise ValueError(f"linear_correlation: unknown layer kind {sig.kind!r}")
+        raise OtError(f"linear_correlation: unknown layer kind {sig.kind!r}")
     if not 2 <= bits <= 16:
-        raise ValueError(f"weight width must be 2..16 bits, got {bits}")
+        raise OtError(f"weight width must be 2..16 bits, got {bits}")
     ring.check_ell(sig.ell)
     if sig.ell <= bits - 1:
-        raise ValueError(f"ring of {sig.ell} bits cannot hold {bits}-bit weight products")
+        raise OtError(f"ring of {sig.ell} bits cannot hold {bits}-bit weight products")
 
 
 def setup_cost(k: int, sig: LinearSig, bits: int) -> OtCost:
@@ -106,7 +106,7 @@ def weight_bits(w: torch.Tensor, bits: int) -> np.ndarray:
     v = w.reshape(-1).to(torch.int64)
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if v.numel() and (int(v.min()) < lo or int(v.max()) > hi):
-        raise ValueError(f"weights must be signed {bits}-bit integers in [{lo}, {hi}]")
+        raise OtError(f"weights must be signed {bits}-bit integers in [{lo}, {hi}]")
     u = (v & ((1 << bits) - 1)).numpy()
     return ((u[:, None] >> np.arange(bits)[None, :]) & 1).astype(np.uint8)
 
@@ -119,7 +119,7 @@ def setup(session: OtSession, sig: LinearSig, bits: int, w: torch.Tensor | None 
     choices = None
     if rank == SERVER:
         if w is None or tuple(w.shape) != tuple(sig.w_shape):
-            raise ValueError(f"linear_correlation: P0 must pass weights of shape {sig.w_shape}")
+            raise OtError(f"linear_correlation: P0 must pass weights of shape {sig.w_shape}")
         choices = weight_bits(w, bits).reshape(-1)
     rot = session.rot(CLIENT, e * bits, choices, chosen=True, phase="setup", tag="ot.gilboa")
     return LinearOtState(sig, bits, rot, w if rank == SERVER else None)
@@ -181,7 +181,7 @@ def linear_correlation(
     P1 passes ``a`` (``sig.x_shape``); P0 passes nothing (its weights are in ``state``)."""
     sig, b, party = state.sig, state.bits, session.party
     if state.uses >= MAX_USES:
-        raise ValueError("linear_correlation: too many uses of one setup")
+        raise OtError("linear_correlation: too many uses of one setup")
     use = state.uses
     state.uses += 1
     ell = sig.ell
@@ -195,7 +195,7 @@ def linear_correlation(
     oc = max(1, _CHUNK // max(1, per_o * m))
     if party.rank == CLIENT:
         if a is None or tuple(a.shape) != tuple(sig.x_shape):
-            raise ValueError(f"linear_correlation: P1 must pass A of shape {sig.x_shape}")
+            raise OtError(f"linear_correlation: P1 must pass A of shape {sig.x_shape}")
         rows = im2col_rows(sig, ring.reduce(a, ell).numpy().view(np.uint64))
         widx = _row_of_weight(sig)
         for o0 in range(0, o, oc):

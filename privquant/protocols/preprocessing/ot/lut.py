@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from privquant.protocols.preprocessing.ot import nofn
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import OtSession
 from privquant.protocols.transport.channel import Party
 
@@ -40,7 +40,7 @@ KINDS = ("xor", "add")
 
 def check_t(t: int) -> int:
     if not 1 <= int(t) <= MAX_T:
-        raise ValueError(f"table entries must have 1..{MAX_T} bits, got {t}")
+        raise OtError(f"table entries must have 1..{MAX_T} bits, got {t}")
     return int(t)
 
 
@@ -68,7 +68,7 @@ def offline(
     """The 1-of-2^m OTs of ``n`` lookups (both parties call it). With ``known_index`` (both
     parties say so) the index holder passes its real ``index`` now."""
     if known_index and session.party.rank == index_holder and index is None:
-        raise ValueError("lookup with a known index: the index holder must pass it offline")
+        raise OtError("lookup with a known index: the index holder must pass it offline")
     return nofn.offline(
         session,
         1 - index_holder,
@@ -101,11 +101,11 @@ def index_send(
     m, n = pre.m, len(pre)
     v = np.asarray(v, dtype=np.int64).reshape(-1)
     if v.size != n or (n and (v.min() < 0 or v.max() >= 1 << m)):
-        raise ValueError(f"lookup: expected {n} indices in [0, {1 << m})")
+        raise OtError(f"lookup: expected {n} indices in [0, {1 << m})")
     i = pre.index
     if known_index:
         if not np.array_equal(i, v):
-            raise ValueError("lookup: the index differs from the one fixed offline")
+            raise OtError("lookup: the index differs from the one fixed offline")
     elif n:
         party.send(party.peer, torch.from_numpy(v ^ i), m, f"{tag}.s", phase="online")
 
@@ -151,12 +151,12 @@ def table_online(
     """Table holder with ``table`` (n, 2^m) of ``t``-bit values: returns its share ``rho``."""
     t = check_t(t)
     if kind not in KINDS:
-        raise ValueError(f"lookup kind must be one of {KINDS}")
+        raise OtError(f"lookup kind must be one of {KINDS}")
     m, n = pre.m, len(pre)
     big_n = 1 << m
     table = np.asarray(table, dtype=np.int64)
     if table.shape != (n, big_n):
-        raise ValueError(f"lookup: table must have shape {(n, big_n)}, got {table.shape}")
+        raise OtError(f"lookup: table must have shape {(n, big_n)}, got {table.shape}")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     tab = table.view(np.uint64) & _mask(t)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from privquant.protocols.preprocessing.ot.aes import DOMAIN_ROT, FixedKeyAes, tccr
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import RotRecv, RotSend
 from privquant.protocols.transport.channel import Party
 
@@ -41,7 +41,7 @@ def _mask(ell: int) -> np.uint64:
 
 def _check_ell(ell: int) -> int:
     if not 1 <= int(ell) <= 64:
-        raise ValueError(f"message width must be 1..64 bits, got {ell}")
+        raise OtError(f"message width must be 1..64 bits, got {ell}")
     return int(ell)
 
 
@@ -153,7 +153,7 @@ def chosen_send(
     n = len(rot)
     m0, m1 = np.asarray(m0, dtype=np.int64), np.asarray(m1, dtype=np.int64)
     if m0.shape != m1.shape or m0.shape[0] != n:
-        raise ValueError(f"chosen OT: messages must have {n} rows and equal shapes")
+        raise OtError(f"chosen OT: messages must have {n} rows and equal shapes")
     length = None if m0.ndim == 1 else m0.shape[1]
     d = _recv_bits(party, n, f"{tag}.d", phase).astype(bool)
     k0 = _keys_values(rot.m0, rot.index0, length, ell)
@@ -178,7 +178,7 @@ def chosen_recv(
     n = len(rot)
     b = np.asarray(b, dtype=np.uint8).reshape(-1)
     if b.size != n:
-        raise ValueError(f"chosen OT: expected {n} choice bits")
+        raise OtError(f"chosen OT: expected {n} choice bits")
     _send_bits(party, b ^ rot.r, f"{tag}.d", phase)
     shape = (2, n) if length is None else (2, n, length)
     y = _recv_values(party, shape, ell, f"{tag}.y", phase)
@@ -215,7 +215,7 @@ def products(
         n = len(rot)
         delta = np.asarray(delta, dtype=np.int64)
         if delta.shape[0] != n:
-            raise ValueError(f"product: delta must have {n} rows")
+            raise OtError(f"product: delta must have {n} rows")
         length = None if delta.ndim == 1 else delta.shape[1]
         k0 = _keys_values(rot.m0, rot.index0, length, ell)
         k1 = _keys_values(rot.m1, rot.index0, length, ell)
@@ -225,7 +225,7 @@ def products(
     for j, (rot, c, _length) in enumerate(recvs):
         c = np.asarray(c, dtype=np.uint8).reshape(-1)
         if c.size != len(rot):
-            raise ValueError(f"product: expected {len(rot)} bits")
+            raise OtError(f"product: expected {len(rot)} bits")
         d = c ^ rot.r
         _send_bits(party, d, f"{tag}.{peer}.{j}.d", phase)
         ds.append(d)

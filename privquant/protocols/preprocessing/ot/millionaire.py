@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from privquant.protocols.preprocessing.ot import lut, nofn, triples
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import OtSession, blocks
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
@@ -74,7 +74,7 @@ class Plan:
 @cache
 def plan(ell: int, m: int) -> Plan:
     if not 1 <= ell <= MAX_ELL:
-        raise ValueError(f"millionaire: ell must be 1..{MAX_ELL}, got {ell}")
+        raise OtError(f"millionaire: ell must be 1..{MAX_ELL}, got {ell}")
     m = min(nofn.check_m(m), ell)
     q = -(-ell // m)
     widths = tuple([m] * (q - 1) + [ell - (q - 1) * m])
@@ -169,7 +169,7 @@ def online(party: Party, pre: Pre, v: torch.Tensor | np.ndarray, tag: str = "ot.
     p, n = pre.plan, pre.n
     v = np.asarray(v, dtype=np.int64).reshape(-1)
     if v.size != n or (n and (v.min() < 0 or v.max() >= 1 << p.ell)):
-        raise ValueError(f"millionaire: expected {n} values in [0, 2^{p.ell})")
+        raise OtError(f"millionaire: expected {n} values in [0, 2^{p.ell})")
     groups = _groups(p)
     lt: dict[int, np.ndarray] = {}
     eq: dict[int, np.ndarray] = {}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from privquant.protocols.preprocessing.ot import messages
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import OtRequest, OtSession, extend_cost
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
@@ -45,13 +45,13 @@ def online(
     """This party's share of ``s*x`` mod ``2^ell`` (``s`` uint8 XOR share, ``x`` int64 share)."""
     ell = ring.check_ell(ell)
     if tuple(s.shape) != tuple(x.shape):
-        raise ValueError("MUX: the bit and the value must have the same shape")
+        raise OtError("MUX: the bit and the value must have the same shape")
     rot01, rot10 = rots
     mine, theirs = (rot01, rot10) if party.rank == SERVER else (rot10, rot01)
     sb = s.reshape(-1).numpy().astype(np.uint8)
     xv = ring.reduce(x.reshape(-1), ell)
     if sb.size != len(mine):
-        raise ValueError(f"MUX: {sb.size} elements but {len(mine)} prepared OTs")
+        raise OtError(f"MUX: {sb.size} elements but {len(mine)} prepared OTs")
     delta = ring.reduce((1 - 2 * torch.from_numpy(sb.astype(np.int64))) * xv, ell).numpy()
     (a,), (b,) = messages.products(party, [(mine, delta)], [(theirs, sb, None)], ell, tag)
     out = torch.from_numpy(sb.astype(np.int64)) * xv + torch.from_numpy(a) + torch.from_numpy(b)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from privquant.protocols.preprocessing.ot.aes import DOMAIN_NOFN, FixedKeyAes, tccr
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import (
     OtRequest,
     OtSession,
@@ -39,7 +39,7 @@ _BLOCKS = 1 << 17  # hash inputs per chunk on the sender side
 
 def check_m(m: int) -> int:
     if not 1 <= int(m) <= MAX_M:
-        raise ValueError(f"1-out-of-2^m OT needs 1 <= m <= {MAX_M}, got {m}")
+        raise OtError(f"1-out-of-2^m OT needs 1 <= m <= {MAX_M}, got {m}")
     return int(m)
 
 
@@ -124,7 +124,7 @@ def request(sender: int, n: int, m: int, index: np.ndarray | None = None, chosen
     if index is not None:
         idx = np.asarray(index, dtype=np.int64).reshape(-1)
         if idx.size != n or (n and (idx.min() < 0 or idx.max() >= 1 << m)):
-            raise ValueError(f"1-of-2^{m} OT: expected {n} indices in [0, {1 << m})")
+            raise OtError(f"1-of-2^{m} OT: expected {n} indices in [0, {1 << m})")
         choices = ((idx[:, None] >> np.arange(m)[None, :]) & 1).astype(np.uint8).reshape(-1)
     return OtRequest(sender, n * m, chosen=chosen, choices=choices)
 

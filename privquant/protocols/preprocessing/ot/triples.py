@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from privquant.protocols.preprocessing.ot.cost import OtCost
+from privquant.protocols.preprocessing.ot.cost import OtCost, OtError
 from privquant.protocols.preprocessing.ot.extension import OtRequest, OtSession, extend_cost
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
 
@@ -103,7 +103,7 @@ def and_gates_many(
         x = np.asarray(x, dtype=np.uint8).reshape(-1)
         y = np.asarray(y, dtype=np.uint8).reshape(len(x), t.width)
         if len(t) != x.size or t.width != y.shape[1]:
-            raise ValueError("AND gates: triples and operands differ in number or width")
+            raise OtError("AND gates: triples and operands differ in number or width")
         opened.append(np.concatenate([x ^ t.a, (y ^ t.b).reshape(-1)]))
     mine = np.concatenate(opened) if opened else np.zeros(0, dtype=np.uint8)
     if mine.size == 0:
