@@ -103,6 +103,18 @@ def test_linear_and_reuse(k):
     assert not torch.equal(r2.results[1][0], r2.results[1][1])
 
 
+def test_elementwise_products():
+    e, m, ell, bits = 6, 5, 16, 8
+    sig = gilboa.elementwise_sig(e, m, ell)
+    g = torch.Generator().manual_seed(9)
+    w = _weights(g, (e,), bits)
+    a = ring.uniform(g, (e, m), ell)
+    r, _ = _run(2, sig, bits, w.reshape(e, 1, 1, 1), [a.reshape(1, e, m, 1)])
+    y = ring.reduce(r.results[0][0] + r.results[1][0], ell).reshape(e, m)
+    assert torch.equal(y, ring.reduce(w[:, None] * a, ell))
+    assert gilboa.use_cost(sig, bits).offline_bits == e * m * (bits * ell - bits * (bits - 1) // 2)
+
+
 def test_cost_formula_value():
     sig = LinearSig("conv2d", (1, 2, 4, 4), (3, 2, 3, 3), 16, (1, 1), (1, 1))
     e, m = 3 * 2 * 9, 16

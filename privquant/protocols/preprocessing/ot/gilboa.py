@@ -28,6 +28,9 @@ Shares: P0 ``y0[o] = sum_{e in o, t} 2^t * Y[e, t]``, P1
 ``y1[o] = -sum_{e in o, t} 2^t * X_0[e, t]``, so
 ``y0 + y1 = sum_e (sum_t s_t w_t 2^t) R_e = lin(W, A) mod 2^ell``.
 
+Elementwise products ``w_e * a_e`` (``w`` (E,) at P0, ``a`` (E, M) at P1) are the depthwise 1x1
+convolution :func:`elementwise_sig` (``groups = E``), so the same code and cost apply.
+
 Cost (:func:`setup_cost`, :func:`use_cost`): setup ``(128/k)*E*b`` bits, 1 round; per use
 ``E*M*sum_{t<b} (ell - t) = E*M*(b*ell - b*(b-1)/2)`` bits, P1 -> P0, 1 round.
 """
@@ -76,6 +79,12 @@ def _check(sig: LinearSig, bits: int) -> None:
     ring.check_ell(sig.ell)
     if sig.ell <= bits - 1:
         raise OtError(f"ring of {sig.ell} bits cannot hold {bits}-bit weight products")
+
+
+def elementwise_sig(e: int, m: int, ell: int) -> LinearSig:
+    """The geometry of ``y[e, :] = w[e] * a[e, :]``: pass ``w.reshape(E, 1, 1, 1)`` and
+    ``a.reshape(1, E, M, 1)``; the output has shape (1, E, M, 1)."""
+    return LinearSig("conv2d", (1, e, m, 1), (e, 1, 1, 1), ell, (1, 1), (0, 0), e)
 
 
 def setup_cost(k: int, sig: LinearSig, bits: int) -> OtCost:

@@ -63,13 +63,15 @@ def offline(
     index: np.ndarray | None = None,
     *,
     known_index: bool = False,
+    t: int | None = None,
     phase: str = "offline",
 ) -> nofn.NofNSend | nofn.NofNRecv:
     """The 1-of-2^m OTs of ``n`` lookups (both parties call it). With ``known_index`` (both
-    parties say so) the index holder passes its real ``index`` now."""
+    parties say so) the index holder passes its real ``index`` now. With the entry width ``t``
+    the keys are hashed now rather than online."""
     if known_index and session.party.rank == index_holder and index is None:
         raise OtError("lookup with a known index: the index holder must pass it offline")
-    return nofn.offline(
+    pre = nofn.offline(
         session,
         1 - index_holder,
         n,
@@ -78,6 +80,11 @@ def offline(
         chosen=known_index,
         phase=phase,
     )
+    if t is not None and isinstance(pre, nofn.NofNSend):
+        pre.keys(check_t(t))
+    elif t is not None:
+        pre.key(check_t(t))
+    return pre
 
 
 def _rand(n: int, width: int) -> np.ndarray:

@@ -154,6 +154,11 @@ def offline(session: OtSession, n: int, ell: int, m: int | None = None) -> Pre:
     res = session.batch(reqs, tag="ot.mill")
     rank = session.party.rank
     leaves = {g: nofn.wrap(rank, SERVER, g[0], r) for g, r in zip(groups, res)}
+    for (_w, t), leaf in leaves.items():  # the keys' hashes are input-independent: do them now
+        if isinstance(leaf, nofn.NofNSend):
+            leaf.keys(t)
+        else:
+            leaf.key(t)
     t = triples.from_rots(rank, res[-2], res[-1], 2)
     return Pre(p, n, leaves, t)
 

@@ -19,7 +19,7 @@ IKNP-style extension; with SoftSpokenOT ``k >= 4`` the m-OT form is cheaper for 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -67,12 +67,19 @@ class NofNSend:
 
     m: int
     rot: RotSend
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.rot) // self.m
 
     def keys(self, width: int) -> np.ndarray:
-        """All keys ``R_j`` truncated to ``width <= 64`` bits: (n, 2^m) uint64."""
+        """All keys ``R_j`` truncated to ``width <= 64`` bits: (n, 2^m) uint64 (computed once:
+        call it offline to take the ``m*2^m`` hashes per OT out of the online phase)."""
+        if width not in self._cache:
+            self._cache[width] = self._keys(width)
+        return self._cache[width]
+
+    def _keys(self, width: int) -> np.ndarray:
         n, m, big_n = len(self), self.m, 1 << self.m
         out = np.empty((n, big_n), dtype=np.uint64)
         k2 = np.stack([self.rot.m0, self.rot.m1], axis=1).reshape(n, m, 2, 16)
@@ -97,6 +104,7 @@ class NofNRecv:
 
     m: int
     rot: RotRecv
+    _cache: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.rot) // self.m
@@ -108,7 +116,12 @@ class NofNRecv:
         return (r << np.arange(m)).sum(1)
 
     def key(self, width: int) -> np.ndarray:
-        """``R_i`` truncated to ``width <= 64`` bits: (n,) uint64."""
+        """``R_i`` truncated to ``width <= 64`` bits: (n,) uint64 (cached, like ``keys``)."""
+        if width not in self._cache:
+            self._cache[width] = self._key(width)
+        return self._cache[width]
+
+    def _key(self, width: int) -> np.ndarray:
         n, m = len(self), self.m
         i = self.index
         idx = self.rot.index0 + np.arange(n * m, dtype=np.uint64)
