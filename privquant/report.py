@@ -60,14 +60,22 @@ class CommReport:
         backend: str = "privquant",
         seconds: dict | None = None,
         view: str = "all parties",
+        batches: list[int] | None = None,
     ) -> CommReport:
-        """Build from each party's ``{"stats": ..., "scopes": ...}`` (RoleResult fields)."""
+        """Build from each party's ``{"stats": ..., "scopes": ...}`` (RoleResult fields).
+
+        ``batches``: the inferences of a session (their sizes), when the batch ran in several
+        chunks after one setup: the declared cost is then the chunks' costs in sequence."""
         totals = combine([CommStats.from_dict(p["stats"]) for p in parties])
         rings = ring_bits(program)
         declared: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
         kinds: dict[str, list[str]] = {SEEDS_SCOPE: ["seeds"]}
         for op in program.ops:
-            c = op_cost(op, program, rings, batch, backend)
+            c = None
+            for b in batches or [batch]:
+                cb = op_cost(op, program, rings, b, backend)
+                # setup runs once per session: later chunks add online, offline and rounds
+                c = cb if c is None else c.then(Cost(cb.online_bits, cb.offline_bits, 0, cb.rounds))
             declared[op.name] = declared[op.name].then(c) if op.name in declared else c
             kinds.setdefault(op.name, []).append(op.kind)
         names = list(kinds)
