@@ -354,12 +354,27 @@ def cmd_keygen(args) -> None:
         raise PrivQuantError("give --out FILE (new key) or --show FILE (fingerprint of a key)")
     ident = Identity.generate()
     ident.save(args.out)
+    fp_path = Identity.fingerprint_path(args.out)
+    fp_path.write_text(ident.fingerprint + "\n")
     _emit(
         args,
-        {"key": args.out, "fingerprint": ident.fingerprint},
-        f"wrote private key {args.out} (mode 600; keep it secret)\n"
+        {"key": args.out, "fingerprint": ident.fingerprint, "fingerprint_file": str(fp_path)},
+        f"wrote private key {args.out} (mode 600; keep it secret) and its fingerprint to "
+        f"{fp_path} (public: give it to the peers that pin this key)\n"
         f"fingerprint: {ident.fingerprint}",
     )
+
+
+def cmd_hash(args) -> None:
+    import privquant
+
+    art = privquant.load(args.artifact)
+    res = {
+        "model": art.model,
+        "architecture_hash": art.architecture_hash(),
+        "content_hash": art.content_hash,
+    }
+    _emit(args, res, res["architecture_hash"])
 
 
 def cmd_bench(args) -> None:
@@ -785,7 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("client", help="client role: holds the input, learns the prediction")
     c.add_argument("--server", required=True, help="HOST:PORT of the server")
-    c.add_argument("--server-key", required=True, help="fingerprint of the server's key")
+    c.add_argument(
+        "--server-key", required=True, help="fingerprint of the server's key (or its .fp file)"
+    )
     c.add_argument("--dealer-key", help="fingerprint of the dealer you trust (dealer mode)")
     c.add_argument("--dealer", help="HOST:PORT of the dealer (default: what the server says)")
     input_opts(c, images_dir=True)
@@ -795,10 +812,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_client)
 
     k = sub.add_parser("keygen", help="make an identity key pair for serve or dealer")
-    k.add_argument("--out", help="new private key file (PEM, mode 600)")
+    k.add_argument(
+        "--out", help="new private key file (PEM, mode 600); NAME.fp gets its fingerprint"
+    )
     k.add_argument("--show", metavar="FILE", help="print the fingerprint of an existing key")
     k.add_argument("--json", action="store_true")
     k.set_defaults(func=cmd_keygen)
+
+    h = sub.add_parser("hash", help="print an artifact's architecture hash (for --expect-hash)")
+    h.add_argument("artifact")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hash)
 
     b = sub.add_parser("bench", help="communication/latency vs CrypTen-native and SiRNN-style")
     b.add_argument("target", help="a .pq artifact, or a model name to quantize (--bits)")

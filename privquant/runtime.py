@@ -253,6 +253,8 @@ class Session:
         bar.close()
         logits = env.get(program.output_op.output) if rank == CLIENT else None
         self.inferences += 1
+        dt = time.perf_counter() - t0
+        self.seconds["inference"] = self.seconds.get("inference", 0.0) + dt
         after = party.stats.as_dict()
         delta = {
             k: {p: after[k][p] - before[k][p] for p in after[k]}
@@ -261,7 +263,7 @@ class Session:
         return RoleResult(
             rank,
             logits,
-            {"inference": time.perf_counter() - t0},
+            {"inference": dt},
             delta,
             {},
             self.simulated,

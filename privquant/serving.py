@@ -199,7 +199,7 @@ def check_program_limits(program: Program) -> None:
 # ------------------------------------------------------------------------------------ messages
 def _send_bytes(party: Party, dst: int, data: bytes, tag: str) -> None:
     party.send(dst, torch.tensor([len(data)]), 32, f"{tag}.len", phase="setup")
-    party.send_raw(dst, data, tag, phase="setup")
+    party.send_raw(dst, np.frombuffer(bytearray(data), dtype=np.uint8), tag, phase="setup")
 
 
 def _recv_bytes(party: Party, src: int, tag: str, limit: int) -> bytes:
@@ -212,7 +212,7 @@ def _recv_bytes(party: Party, src: int, tag: str, limit: int) -> bytes:
 def _send_ack(party: Party, dst: int, status: int, digest: str) -> None:
     party.send(dst, torch.tensor([status, 0]), 32, "ack", phase="setup")
     raw = bytes.fromhex(digest) if len(digest) == 2 * HASH_BYTES else bytes(HASH_BYTES)
-    party.send_raw(dst, raw, "ack.hash", phase="setup")
+    party.send_raw(dst, np.frombuffer(bytearray(raw), dtype=np.uint8), "ack.hash", phase="setup")
 
 
 def _recv_ack(party: Party) -> tuple[int, str]:

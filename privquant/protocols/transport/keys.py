@@ -51,9 +51,17 @@ def fingerprint_of(public_raw: bytes) -> str:
 
 
 def normalize_pin(pin: str, what: str, *, min_hex: int = MIN_PIN_HEX) -> str:
-    """A pin as lowercase hex (``sha256:`` prefix and ``:``/space separators allowed)."""
+    """A pin as lowercase hex (``sha256:`` prefix and ``:``/space separators allowed).
+
+    ``pin`` may also name a file holding the fingerprint (``NAME.fp`` from keygen)."""
     if not isinstance(pin, str):
         raise PrivQuantError(f"{what}: expected a hex fingerprint")
+    if not _HEX.match(pin.strip().lower() or "x") and Path(pin).is_file():
+        try:
+            with open(pin, "rb") as f:
+                pin = f.read(256).decode("ascii", "replace").split("\n")[0]
+        except OSError as e:
+            raise PrivQuantError(f"{what}: cannot read {pin}: {e.strerror}") from None
     p = pin.strip().lower()
     p = p.removeprefix("sha256:").replace(":", "").replace(" ", "")
     if not _HEX.match(p or "x") or not min_hex <= len(p) <= FP_HEX:
@@ -114,6 +122,12 @@ class Identity:
             raise PrivQuantError(f"cannot create {path}: {e.strerror}") from None
         with os.fdopen(fd, "wb") as f:
             f.write(self.pem())
+
+    @staticmethod
+    def fingerprint_path(key_path: str | Path) -> Path:
+        """Where keygen writes the (public) fingerprint of ``key_path``: NAME.fp."""
+        p = Path(key_path)
+        return p.with_suffix(".fp") if p.suffix == ".key" else p.with_name(p.name + ".fp")
 
     @staticmethod
     def load(path: str | Path) -> Identity:
