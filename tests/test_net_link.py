@@ -49,7 +49,7 @@ def test_json_depth_and_size_limits():
     ["foo", "http://1.2.3.4:5", "file:///nonexistent/x", "host:0", "host:70000", "", ":5", "a b:1"],
 )
 def test_bad_addresses_are_one_line_errors(text):
-    with pytest.raises(PrivQuantError, match="HOST:PORT|port|only tcp"):
+    with pytest.raises(PrivQuantError, match=r"HOST:PORT|port|only tcp"):
         framing.parse_address(text)
 
 
@@ -127,7 +127,7 @@ def test_link_exact_receive_and_eof_mid_payload():
 def test_link_deadline():
     a, b = _pair(timeout=0.5)
     t0 = time.monotonic()
-    with pytest.raises(PeerError, match="timed out after 0.5 s"):
+    with pytest.raises(PeerError, match=r"timed out after 0\.5 s"):
         b.recv_exact(4, "something")
     assert time.monotonic() - t0 < 2.0
     a.close()
@@ -183,7 +183,7 @@ def _tls_pair(server_ident, pin, *, proxy=None):
     t = threading.Thread(target=accept)
     t.start()
     try:
-        c, fp = tls.tls_connect(
+        c, _ = tls.tls_connect(
             "127.0.0.1", proxy or port, tls.client_context(), pin=pin, peer="server", timeout=5
         )
     finally:
@@ -199,7 +199,7 @@ def test_tls_pin_accepts_right_key_and_refuses_wrong_key():
     assert c.get_channel_binding("tls-unique") == s.get_channel_binding("tls-unique")
     c.close()
     s.close()
-    with pytest.raises(PeerError, match="presented key .* but you pinned"):
+    with pytest.raises(PeerError, match=r"presented key .* but you pinned"):
         _tls_pair(ident, Identity.generate().fingerprint)
 
 
@@ -215,7 +215,6 @@ def test_tls_connect_to_silent_listener_and_non_tls_port_is_bounded():
         )  # fmt: skip
     assert time.monotonic() - t0 < 3
     lsock.close()
-    port = lsock.getsockname()[1] if False else None  # noqa: F841  (closed)
     free = socket.socket()
     free.bind(("127.0.0.1", 0))
     p = free.getsockname()[1]
