@@ -71,7 +71,7 @@ def cmd_quantize(args) -> None:
 
     if (args.bits is None) == (args.assignment is None):
         raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
-    bits = parse_bits(args.bits) if args.bits else BitAssignment.load(args.assignment)
+    bits = parse_bits(args.bits) if args.bits is not None else BitAssignment.load(args.assignment)
     model, shape, calib = _model_and_calib(args)
     train_x = train_y = None
     if args.qat_epochs > 0:
@@ -201,10 +201,21 @@ def _client_inputs(args, shape=None):
     return load_inputs(shape, image=args.image, index=args.index, batch=args.batch, data=args.data)
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so cleanup (children, temporary directories) runs."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_infer(args) -> None:
     import privquant
     from privquant.launch import infer_local
 
+    _sigterm_as_interrupt()
     art = privquant.load(args.artifact)
     x = _client_inputs(args, art.input_shape)
     res = infer_local(
@@ -236,7 +247,7 @@ def cmd_infer(args) -> None:
     print(f"measured traffic equals declared cost(): {rep.all_match}")
     print(
         f"wall time {rep.seconds['wall']:.2f} s (client online "
-        f"{rep.seconds.get('client_inference', 0):.2f} s)"
+        f"{rep.seconds.get('client_online', 0):.2f} s)"
     )
 
 
@@ -251,8 +262,14 @@ def cmd_serve(args) -> None:
     import privquant
     from privquant.serving import Policy, Server
 
+    from privquant.serving import DEFAULT_OUTPUT
+
     art = privquant.load(args.artifact)
-    policy = Policy(preprocessing=args.preprocessing, output=args.output, max_batch=args.max_batch)
+    policy = Policy(
+        preprocessing=args.preprocessing,
+        output=args.output or DEFAULT_OUTPUT,
+        max_batch=args.max_batch,
+    )
     srv = Server(
         art,
         key=args.key,
@@ -637,12 +654,6 @@ def _positive_int(text: str) -> int:
     return v
 
 
-def _default_output() -> str:
-    from privquant.serving import DEFAULT_OUTPUT
-
-    return DEFAULT_OUTPUT
-
-
 def build_parser() -> argparse.ArgumentParser:
     from privquant import __version__
 
@@ -790,8 +801,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--preprocessing", default="dealer", choices=["dealer", "ot"])
     sv.add_argument(
         "--output",
-        default=_default_output(),
-        help="what the client learns: label, topk:K or logits",
+        default=None,
+        help="what the client learns: label, topk:K or logits (default: label where this "
+        "build has secure argmax, else logits)",
     )
     sv.add_argument("--max-sessions", type=_positive_int, default=4)
     sv.add_argument("--max-batch", type=_positive_int, default=32, help="samples per inference")

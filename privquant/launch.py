@@ -153,7 +153,7 @@ def infer_local(
             send.close()
             procs[rank] = (p, recv)
         chunks = -(-len(x) // policy.max_batch)
-        outs = _wait_all(procs, STARTUP_SLACK + timeout * (3 + chunks))
+        outs = _wait_roles(procs, STARTUP_SLACK + timeout * (3 + chunks))
     finally:
         for p, recv in procs.values():
             if p.is_alive():
@@ -195,7 +195,7 @@ def infer(
     return infer_local(artifact, x, backend=backend, timeout=timeout, progress=progress)
 
 
-def _wait_all(procs: dict[int, tuple], limit: float) -> dict[int, dict]:
+def _wait_roles(procs: dict[int, tuple], limit: float) -> dict[int, dict]:
     """Collect every role's result; on the first failure (or ``limit`` s) raise its one line."""
     outs: dict[int, dict] = {}
     deadline = time.perf_counter() + limit
@@ -216,6 +216,51 @@ def _wait_all(procs: dict[int, tuple], limit: float) -> dict[int, dict]:
         if time.perf_counter() > deadline:
             raise PeerError("the parties did not finish before the deadline; stopped them")
         time.sleep(0.02)
+    return outs
+
+
+def _error_line(stderr: str | None, role: str, code: int) -> str:
+    for line in reversed((stderr or "").strip().splitlines()):
+        if line.startswith("privquant: error: "):
+            return f"{role}: {line.removeprefix('privquant: error: ')}"
+    return f"{role} exited with status {code}"
+
+
+def _wait_all(procs: dict, deadline: float) -> dict[str, str]:
+    """Wait for every subprocess (``role -> Popen``, stdout/stderr pipes); on the first failure
+    or the deadline stop them all and raise its one line. Used by the baselines' launchers."""
+    import subprocess
+
+    outs: dict[str, str] = {}
+    failure = None
+    try:
+        while len(outs) < len(procs) and failure is None:
+            for role, p in procs.items():
+                if role in outs or p.poll() is None:
+                    continue
+                out, err = p.communicate()
+                if p.returncode != 0:
+                    failure = _error_line(err, role, p.returncode)
+                    break
+                outs[role] = out
+            if time.perf_counter() > deadline:
+                failure = "the parties did not finish before the deadline; stopped them"
+            time.sleep(0.05)
+        if failure is not None:
+            for role, p in procs.items():
+                if role in outs or p.returncode is not None:
+                    continue
+                try:
+                    p.communicate(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.communicate()
+            raise PeerError(failure)
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     return outs
 
 

@@ -227,6 +227,7 @@ class Session:
         before = party.stats.as_dict()
         t0 = time.perf_counter()
         env: dict[str, torch.Tensor] = {}
+        t_off = t_on = 0.0
         bar = tqdm(
             total=len(program.ops),
             desc="private inference",
@@ -238,13 +239,17 @@ class Session:
             sig = signature(op, program, self.rings, batch)
             bar.set_postfix_str(op.name)
             with party.scope(op.name):
+                t1 = time.perf_counter()
                 pre = proto.offline(self.corr, sig, st)
+                t2 = time.perf_counter()
+                t_off += t2 - t1
                 if rank != DEALER:
                     if op.kind == "input":
                         ins = [x if rank == CLIENT else None]
                     else:
                         ins = [env[t] for t in op.inputs]
                     env[op.output] = proto.online(party, sig, pre, *ins)
+                    t_on += time.perf_counter() - t2
                 del pre
             for t in op.inputs:
                 if self._last.get(t) == i:
@@ -254,7 +259,8 @@ class Session:
         logits = env.get(program.output_op.output) if rank == CLIENT else None
         self.inferences += 1
         dt = time.perf_counter() - t0
-        self.seconds["inference"] = self.seconds.get("inference", 0.0) + dt
+        for k, v in (("inference", dt), ("offline", t_off), ("online", t_on)):
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
         after = party.stats.as_dict()
         delta = {
             k: {p: after[k][p] - before[k][p] for p in after[k]}
@@ -263,7 +269,7 @@ class Session:
         return RoleResult(
             rank,
             logits,
-            {"inference": dt},
+            {"inference": dt, "offline": t_off, "online": t_on},
             delta,
             {},
             self.simulated,
