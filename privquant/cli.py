@@ -260,9 +260,7 @@ def _log(args, role: str):
 
 def cmd_serve(args) -> None:
     import privquant
-    from privquant.serving import Policy, Server
-
-    from privquant.serving import DEFAULT_OUTPUT
+    from privquant.serving import DEFAULT_OUTPUT, Policy, Server
 
     art = privquant.load(args.artifact)
     policy = Policy(

@@ -264,7 +264,8 @@ def test_client_started_dealer_is_refused(svc, art, tmp_path):
         # (3) the attacker's client points its dealer link at its own dealer
         code, _, err = cli(
             "client", "--server", svc.server_addr, "--server-key", svc.sfp,
-            "--dealer-key", keys["evil"][1], "--index", "0", "--expect-hash", art.architecture_hash(),
+            "--dealer-key", keys["evil"][1], "--index", "0",
+            "--expect-hash", art.architecture_hash(),
         )  # fmt: skip
         assert code == 2 and "refusing before any secret is sent" in one_error_line(err)
         assert not any("session" in ln and "inference" in ln for ln in evil.lines)

@@ -142,7 +142,8 @@ def test_silent_listener_and_foreign_program_bounded_by_timeout():
 
     threading.Thread(target=talk, daemon=True).start()
     for s, what in ((silent, "did not complete a TLS handshake"), (foreign, "TLS handshake")):
-        code, _, err, t = run("client", "--server", f"127.0.0.1:{s.getsockname()[1]}",
+        port = s.getsockname()[1]
+        code, _, err, t = run("client", "--server", f"127.0.0.1:{port}",
                               "--server-key", "0" * 64, "--index", "0", "--timeout", "3")  # fmt: skip
         assert code == 2 and what in one_error_line(err)
         assert t < 3 + 12  # timeout + interpreter start
@@ -151,7 +152,7 @@ def test_silent_listener_and_foreign_program_bounded_by_timeout():
 
 
 def test_connection_refused_is_one_line():
-    code, _, err, t = run("client", "--server", f"127.0.0.1:{free_port()}", "--server-key",
+    code, _, err, _ = run("client", "--server", f"127.0.0.1:{free_port()}", "--server-key",
                           "0" * 64, "--index", "0", "--timeout", "5")  # fmt: skip
     assert code == 2 and "connection refused" in one_error_line(err)
 
