@@ -69,7 +69,9 @@ def test_infer_cli_resnet8_json_chunks():
     assert res["labels"] == res["plain_labels"] and len(res["labels"]) == 3
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize(
+    "sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGKILL]
+)
 def test_infer_killed_leaves_no_private_data_on_disk(tmp_path, sig):
     """The input travels to the client process through its start-up pipe: after a kill, no
     file under TMPDIR holds it (SIGTERM also removes the rendezvous directory)."""
@@ -143,8 +145,8 @@ def test_silent_listener_and_foreign_program_bounded_by_timeout():
     threading.Thread(target=talk, daemon=True).start()
     for s, what in ((silent, "did not complete a TLS handshake"), (foreign, "TLS handshake")):
         port = s.getsockname()[1]
-        code, _, err, t = run("client", "--server", f"127.0.0.1:{port}",
-                              "--server-key", "0" * 64, "--index", "0", "--timeout", "3")  # fmt: skip
+        code, _, err, t = run("client", "--server", f"127.0.0.1:{port}", "--server-key",
+                              "0" * 64, "--index", "0", "--timeout", "3")  # fmt: skip
         assert code == 2 and what in one_error_line(err)
         assert t < 3 + 12  # timeout + interpreter start
     silent.close()
