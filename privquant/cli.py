@@ -623,11 +623,15 @@ class _Parser(argparse.ArgumentParser):
         _fail(message, "--json" in sys.argv[1:])
 
 
-def _fail(message: str, as_json: bool):
+def _print_error(message: str, as_json: bool) -> int:
     print(f"privquant: error: {message}", file=sys.stderr)
     if as_json:
         print(json.dumps({"error": message, "exit_status": EXIT_USER_ERROR}))
-    sys.exit(EXIT_USER_ERROR)
+    return EXIT_USER_ERROR
+
+
+def _fail(message: str, as_json: bool):
+    sys.exit(_print_error(message, as_json))
 
 
 def _timeout(text: str) -> float:
@@ -878,7 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except PrivQuantError as e:
-        _fail(str(e), getattr(args, "json", False))
+        return _print_error(str(e), getattr(args, "json", False))
     except KeyboardInterrupt:
         print("privquant: interrupted", file=sys.stderr)
         return 130

@@ -197,6 +197,8 @@ class Link:
         self._error: str | None = None
         self._closing = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._fd_lock = threading.Lock()
+        self._closed = False
         self._buf = bytearray(CHUNK)
         self._thread = threading.Thread(
             target=self._run, name=f"privquant-link-{peer}", daemon=True
@@ -209,8 +211,10 @@ class Link:
 
     # ------------------------------------------------------------------ I/O thread
     def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._wake_w, b"x")
+        with self._fd_lock:  # never write to a closed (and maybe reused) descriptor
+            if self._wake_w >= 0:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    os.write(self._wake_w, b"x")
 
     def _fail(self, msg: str) -> None:
         with self._cv:
@@ -387,8 +391,11 @@ class Link:
 
     def close(self, flush_timeout: float = 2.0) -> None:
         """Stop the I/O thread (after sending what is queued, for at most ``flush_timeout`` s)
-        and close the socket."""
+        and close the socket. Idempotent: descriptors are closed exactly once."""
         with self._cv:
+            if self._closed:
+                return
+            self._closed = True
             self._closing = True
         self._wake()
         self._thread.join(flush_timeout)
@@ -402,6 +409,10 @@ class Link:
             self._cv.notify_all()
         with contextlib.suppress(OSError):
             self.sock.close()
-        for fd in (self._wake_r, self._wake_w):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        if self._thread.is_alive():
+            return  # the I/O thread still selects on the pipe: leave it open (daemon thread)
+        with self._fd_lock:
+            for fd in (self._wake_r, self._wake_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
