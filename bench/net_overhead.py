@@ -40,10 +40,14 @@ else
   $PQ keygen --out s.key >/dev/null; $PQ keygen --out d.key >/dev/null
   $PQ dealer --key d.key --trust-server s.fp 2> dealer.err &
   D=$!
-  $PQ serve @MODEL@ --key s.key --dealer 127.0.0.1:29501 --dealer-key d.fp --output logits 2> serve.err &
+  $PQ serve @MODEL@ --key s.key --dealer 127.0.0.1:29501 --dealer-key d.fp \
+      --output logits 2> serve.err &
   S=$!
-  for i in $(seq 1 600); do grep -q serving serve.err 2>/dev/null && grep -q dealing dealer.err && break; sleep 0.1; done
-  $PQ client --server 127.0.0.1:29500 --server-key s.fp --dealer-key d.fp --index 0 --batch @BATCH@ \
+  for i in $(seq 1 600); do
+    grep -q serving serve.err 2>/dev/null && grep -q dealing dealer.err && break; sleep 0.1
+  done
+  $PQ client --server 127.0.0.1:29500 --server-key s.fp --dealer-key d.fp \
+      --index 0 --batch @BATCH@ \
       --expect-hash "$($PQ hash @MODEL@)" --json > out.json
   kill -TERM $S $D; wait $S $D || true
 fi
@@ -63,7 +67,7 @@ def run(mode: str, batch: int) -> dict:
         if p.returncode != 0:
             raise SystemExit(f"@MODE@ failed: {p.stderr[-2000:]}")
         lo = next(ln for ln in p.stdout.splitlines() if ln.startswith("LO "))
-        rb0, tb0, rb1, tb1 = (int(v) for v in lo.split()[1:])
+        _, tb0, _, tb1 = (int(v) for v in lo.split()[1:])
         out = json.loads(Path(tmp, "out.json").read_text())
     if mode == "gloo":
         party_wire = out["comm"]["total"]["wire_bytes"]
