@@ -50,6 +50,9 @@ def test_100_sequential_and_4_concurrent_sessions(tmp_path):
         [t.start() for t in ts]
         [t.join(300) for t in ts]
         assert ok == [True] * 4
+        deadline = time.time() + 20  # the server logs a session just after the client is done
+        while sum("inference(s)" in ln for ln in svc.server.lines) < 104 and time.time() < deadline:
+            time.sleep(0.1)
         done = [ln for ln in svc.server.lines if "inference(s)" in ln]
         assert len(done) == 104 and not any("dropped" in ln for ln in svc.server.lines)
         # SIGTERM while a session runs: it finishes, then the server exits 0
