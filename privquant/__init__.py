@@ -9,6 +9,8 @@ Public API (the CLI is a thin layer over it)::
     art.evaluate(images, labels)      # FP32 / fake-quant / integer-program top-1
     res = privquant.infer(art, images[:4])   # private inference: server, client, dealer processes
     res["labels"], res["identical"], res["report"].table()
+    with privquant.Client("host:29500", server_key=FP, dealer_key=FP2, expect_hash=H) as c:
+        c.infer(images)                # a session against a network server (privquant serve)
     r = privquant.search("resnet8", calib_images, budget_mb=4.8)   # mixed-precision search
     r.assignment.save("a.json"); r.predicted                          # exact declared cost
 """
@@ -28,7 +30,7 @@ def __getattr__(name):
         from privquant.launch import infer
 
         return infer
-    if name in ("serve", "client", "dealer"):
+    if name in ("Server", "Client", "Dealer", "Policy"):
         from privquant import serving
 
         return getattr(serving, name)
@@ -45,10 +47,14 @@ def __getattr__(name):
 
 __all__ = [
     "BitAssignment",
+    "Client",
+    "Dealer",
     "LayerBits",
+    "Policy",
     "PrivQuantError",
     "QuantizedModel",
     "Searcher",
+    "Server",
     "load",
     "parse_bits",
     "quantize",

@@ -104,6 +104,10 @@ def read_container(path: str | Path) -> tuple[dict, dict[str, np.ndarray], str]:
         meta = header["meta"]
         if not isinstance(meta, dict):
             raise ValueError("metadata is not an object")
+    except RecursionError:
+        raise ArtifactError(
+            f"artifact {path} is malformed: its header is nested too deeply"
+        ) from None
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"artifact {path} is malformed: {e}") from None
     return meta, arrays, digest.hex()

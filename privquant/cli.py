@@ -71,7 +71,7 @@ def cmd_quantize(args) -> None:
 
     if (args.bits is None) == (args.assignment is None):
         raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
-    bits = parse_bits(args.bits) if args.bits else BitAssignment.load(args.assignment)
+    bits = parse_bits(args.bits) if args.bits is not None else BitAssignment.load(args.assignment)
     model, shape, calib = _model_and_calib(args)
     train_x = train_y = None
     if args.qat_epochs > 0:
@@ -101,7 +101,9 @@ def cmd_quantize(args) -> None:
     _emit(
         args,
         res,
-        f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}  [sha256 {digest[:16]}]",
+        f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}\n"
+        f"architecture hash: {res['architecture_hash']}  (what clients check: --expect-hash)\n"
+        f"file sha256:       {digest}",
     )
 
 
@@ -189,7 +191,7 @@ def _client_inputs(args, shape=None):
             raise PrivQuantError(f"input file not found: {path}")
         try:
             return torch.from_numpy(np.load(path, allow_pickle=False))
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise PrivQuantError(f"cannot read input batch {path}: {e}") from None
     if getattr(args, "random", None):
         if shape is None:
@@ -199,14 +201,30 @@ def _client_inputs(args, shape=None):
     return load_inputs(shape, image=args.image, index=args.index, batch=args.batch, data=args.data)
 
 
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM unwinds like Ctrl-C, so cleanup (children, temporary directories) runs."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_infer(args) -> None:
     import privquant
     from privquant.launch import infer_local
 
+    _sigterm_as_interrupt()
     art = privquant.load(args.artifact)
     x = _client_inputs(args, art.input_shape)
     res = infer_local(
-        args.artifact, x, backend=args.backend, timeout=args.timeout, progress=not args.json
+        art,
+        x,
+        backend=args.backend,
+        timeout=args.timeout,
+        progress=not args.json,
+        chunk=args.chunk,
     )
     rep = res.pop("report")
     res["comm"] = rep.as_dict()
@@ -233,45 +251,145 @@ def cmd_infer(args) -> None:
     )
 
 
+def _log(args, role: str):
+    def log(msg: str) -> None:
+        print(f"privquant {role}: {msg}", file=sys.stderr, flush=True)
+
+    return log
+
+
 def cmd_serve(args) -> None:
     import privquant
-    from privquant.serving import serve
+    from privquant.serving import DEFAULT_OUTPUT, Policy, Server
 
     art = privquant.load(args.artifact)
-    res = serve(art.program, args.rendezvous, timeout=args.timeout, backend=args.backend)
-    _emit(
-        args,
-        res,
-        f"served one private inference of {art.model} (batch {res['batch']}); "
-        f"sent {res['stats']['online_bits'] / 8e6:.4f} MB online",
+    policy = Policy(
+        preprocessing=args.preprocessing,
+        output=args.output or DEFAULT_OUTPUT,
+        max_batch=args.max_batch,
     )
+    srv = Server(
+        art,
+        key=args.key,
+        listen=args.listen,
+        dealer=args.dealer,
+        dealer_key=args.dealer_key,
+        dealer_public=args.dealer_public,
+        policy=policy,
+        max_sessions=args.max_sessions,
+        timeout=args.timeout,
+        backend=args.backend,
+        log=_log(args, "serve"),
+    ).start()
+    log = _log(args, "serve")
+    log(
+        f"serving {art.model} on {srv.address} (architecture hash {srv.digest}); "
+        f"server key {srv.fingerprint}; output {policy.output}, preprocessing "
+        f"{policy.preprocessing}, up to {args.max_sessions} session(s) of batches <= "
+        f"{policy.max_batch}; SIGTERM or Ctrl-C stops"
+    )
+    srv.serve_until_signal()
+    res = {"sessions": srv.completed, "failed": srv.failed, "architecture_hash": srv.digest}
+    log(f"stopped after {srv.completed} session(s) ({srv.failed} dropped)")
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
 
 
 def cmd_dealer(args) -> None:
-    from privquant.serving import dealer
+    from privquant.serving import Dealer
 
-    res = dealer(args.rendezvous, timeout=args.timeout, backend=args.backend)
-    _emit(
-        args,
-        res,
-        f"dealt one inference (batch {res['batch']}); sent "
-        f"{res['stats']['offline_bits'] / 8e6:.4f} MB offline",
+    d = Dealer(
+        key=args.key,
+        trust_servers=args.trust_server or [],
+        listen=args.listen,
+        max_sessions=args.max_sessions,
+        timeout=args.timeout,
+        backend=args.backend,
+        log=_log(args, "dealer"),
+    ).start()
+    log = _log(args, "dealer")
+    log(
+        f"dealing on {d.address}; dealer key {d.fingerprint}; serving {len(d.pins)} trusted "
+        "server key(s); SIGTERM or Ctrl-C stops"
     )
+    d.serve_until_signal()
+    log(f"stopped after {d.completed} session(s) ({d.failed} dropped)")
+    if args.json:
+        print(json.dumps({"sessions": d.completed, "failed": d.failed}, sort_keys=True))
 
 
 def cmd_client(args) -> None:
-    from privquant.serving import client
+    from privquant.serving import Client, validate_hash_arg
 
-    x = _client_inputs(args)
-    res = client(
-        x,
-        args.rendezvous,
+    validate_hash_arg(args.expect_hash)
+    names = None
+    if args.images is not None:
+        from privquant.launch import load_image_dir
+
+        x, names = load_image_dir(args.images)
+    else:
+        x = _client_inputs(args)
+    log = _log(args, "client")
+    c = Client(
+        args.server,
+        server_key=args.server_key,
+        dealer_key=args.dealer_key,
+        dealer=args.dealer,
         expect_hash=args.expect_hash,
         timeout=args.timeout,
         backend=args.backend,
         progress=args.progress and not args.json,
+        chunk=args.chunk,
+        log=lambda m: print(m, file=sys.stderr, flush=True),
+    )
+    with c:
+        if args.progress and not args.json:
+            log(f"connected: model {c.program.model}, output {c.policy.output}")
+        res = c.infer(x)
+        summary = c.close()
+    res.update(
+        architecture_hash=summary.extra["architecture_hash"],
+        inferences=summary.inferences,
+        batches=summary.batches,
+        stats=summary.stats,
+        seconds=summary.seconds,
+        files=names,
     )
     _emit(args, res, f"label(s): {res['labels']}")
+
+
+def cmd_keygen(args) -> None:
+    from privquant.protocols.transport.keys import Identity
+
+    if args.show:
+        ident = Identity.load(args.show)
+        _emit(args, {"key": args.show, "fingerprint": ident.fingerprint}, ident.fingerprint)
+        return
+    if not args.out:
+        raise PrivQuantError("give --out FILE (new key) or --show FILE (fingerprint of a key)")
+    ident = Identity.generate()
+    ident.save(args.out)
+    fp_path = Identity.fingerprint_path(args.out)
+    fp_path.write_text(ident.fingerprint + "\n")
+    _emit(
+        args,
+        {"key": args.out, "fingerprint": ident.fingerprint, "fingerprint_file": str(fp_path)},
+        f"wrote private key {args.out} (mode 600; keep it secret) and its fingerprint to "
+        f"{fp_path} (public: give it to the peers that pin this key)\n"
+        f"fingerprint: {ident.fingerprint}",
+    )
+
+
+def cmd_hash(args) -> None:
+    import privquant
+
+    art = privquant.load(args.artifact)
+    res = {
+        "model": art.model,
+        "architecture_hash": art.architecture_hash(),
+        "content_hash": art.content_hash,
+    }
+    _emit(args, res, res["architecture_hash"])
 
 
 def cmd_bench(args) -> None:
@@ -498,9 +616,52 @@ def cmd_search(args) -> None:
 
 
 # ---------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``privquant: error: ...``, exit 2; JSON under --json)."""
+
+    def error(self, message: str):
+        _fail(message, "--json" in sys.argv[1:])
+
+
+def _print_error(message: str, as_json: bool) -> int:
+    print(f"privquant: error: {message}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"error": message, "exit_status": EXIT_USER_ERROR}))
+    return EXIT_USER_ERROR
+
+
+def _fail(message: str, as_json: bool):
+    sys.exit(_print_error(message, as_json))
+
+
+def _timeout(text: str) -> float:
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not math.isfinite(v) or v <= 0 or v > 86400:
+        raise argparse.ArgumentTypeError(f"must be finite, > 0 and at most 86400 s, got {text!r}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not 1 <= v <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"must be in 1..{1 << 20}, got {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="privquant", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
+    from privquant import __version__
+
+    p = _Parser(prog="privquant", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"privquant {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a Fashion-MNIST model (FP32)")
     t.add_argument("--model", required=True)
@@ -588,30 +749,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_eval)
 
-    def party_opts(sp, rendezvous_required=True):
-        if rendezvous_required:
-            sp.add_argument("--rendezvous", required=True, help="tcp://HOST:PORT of the server")
+    def party_opts(sp):
         sp.add_argument(
             "--timeout",
-            type=float,
+            type=_timeout,
             default=60.0,
-            help="seconds to wait for a peer before giving up",
+            help="seconds any one step may wait for a peer (finite, > 0)",
         )
         sp.add_argument(
             "--backend", default="privquant", choices=["privquant", "privquant-unfused"]
         )
         sp.add_argument("--json", action="store_true")
 
-    def input_opts(sp):
+    def input_opts(sp, images_dir=False):
         g = sp.add_mutually_exclusive_group()
         g.add_argument("--image", help="one image: .png or .npy (uint8)")
         g.add_argument("--input", help="a batch as .npy, uint8 (N, C, H, W)")
         g.add_argument("--index", type=int, help="first test image index in --data")
-        sp.add_argument("--batch", type=int, default=1)
+        if images_dir:
+            g.add_argument("--images", metavar="DIR", help="every .png/.npy image in DIR")
+        sp.add_argument("--batch", type=_positive_int, default=1)
         sp.add_argument(
             "--data",
             default="fashion-mnist-sample",
             choices=["fashion-mnist", "fashion-mnist-sample"],
+        )
+        sp.add_argument(
+            "--chunk",
+            type=_positive_int,
+            default=None if images_dir else 32,
+            help="images per inference (memory bound); at most the server's max batch",
         )
 
     i = sub.add_parser("infer", help="private inference with all parties on this machine")
@@ -619,20 +786,57 @@ def build_parser() -> argparse.ArgumentParser:
     input_opts(i)
     i.add_argument("--random", type=int, metavar="N", help="N random images (CIFAR models)")
     i.add_argument("--seed", type=int, default=0)
-    party_opts(i, rendezvous_required=False)
+    party_opts(i)
     i.set_defaults(func=cmd_infer)
 
-    sv = sub.add_parser("serve", help="server role: holds the model")
+    sv = sub.add_parser("serve", help="long-running server: holds the model, serves clients")
     sv.add_argument("artifact")
+    sv.add_argument("--key", required=True, help="the server's key file (privquant keygen)")
+    sv.add_argument(
+        "--listen", default="127.0.0.1:29500", help="HOST:PORT to accept clients on (loopback)"
+    )
+    sv.add_argument("--dealer", help="HOST:PORT of the dealer (dealer preprocessing)")
+    sv.add_argument("--dealer-key", help="fingerprint of the dealer's key (pinned)")
+    sv.add_argument(
+        "--dealer-public", help="the dealer's HOST:PORT as clients reach it (default: --dealer)"
+    )
+    sv.add_argument("--preprocessing", default="dealer", choices=["dealer", "ot"])
+    sv.add_argument(
+        "--output",
+        default=None,
+        help="what the client learns: label, topk:K or logits (default: label where this "
+        "build has secure argmax, else logits)",
+    )
+    sv.add_argument("--max-sessions", type=_positive_int, default=4)
+    sv.add_argument("--max-batch", type=_positive_int, default=32, help="samples per inference")
     party_opts(sv)
     sv.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("client", help="client role: holds the input, learns the prediction")
-    input_opts(c)
-    c.add_argument("--expect-hash", help="architecture hash the server's model must have")
+    c.add_argument("--server", required=True, help="HOST:PORT of the server")
+    c.add_argument(
+        "--server-key", required=True, help="fingerprint of the server's key (or its .fp file)"
+    )
+    c.add_argument("--dealer-key", help="fingerprint of the dealer you trust (dealer mode)")
+    c.add_argument("--dealer", help="HOST:PORT of the dealer (default: what the server says)")
+    input_opts(c, images_dir=True)
+    c.add_argument("--expect-hash", help="architecture hash (>= 16 hex digits) of the model")
     c.add_argument("--progress", action="store_true")
     party_opts(c)
     c.set_defaults(func=cmd_client)
+
+    k = sub.add_parser("keygen", help="make an identity key pair for serve or dealer")
+    k.add_argument(
+        "--out", help="new private key file (PEM, mode 600); NAME.fp gets its fingerprint"
+    )
+    k.add_argument("--show", metavar="FILE", help="print the fingerprint of an existing key")
+    k.add_argument("--json", action="store_true")
+    k.set_defaults(func=cmd_keygen)
+
+    h = sub.add_parser("hash", help="print an artifact's architecture hash (for --expect-hash)")
+    h.add_argument("artifact")
+    h.add_argument("--json", action="store_true")
+    h.set_defaults(func=cmd_hash)
 
     b = sub.add_parser("bench", help="communication/latency vs CrypTen-native and SiRNN-style")
     b.add_argument("target", help="a .pq artifact, or a model name to quantize (--bits)")
@@ -648,12 +852,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--images", type=int, default=1, help="images per private inference")
     b.add_argument("--crypten-images", type=int, default=None)
     b.add_argument("--sirnn-width", type=int, default=16, help="SiRNN-style fixed-point bits")
-    b.add_argument("--timeout", type=float, default=600.0)
+    b.add_argument("--timeout", type=_timeout, default=600.0)
     b.add_argument("--out", help="directory for report.json, report.md, comm.png")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    d = sub.add_parser("dealer", help="dealer role: correlated randomness (CrypTen's TTP slot)")
+    d = sub.add_parser("dealer", help="long-running dealer: correlated randomness for servers")
+    d.add_argument("--key", required=True, help="the dealer's key file (privquant keygen)")
+    d.add_argument("--listen", default="127.0.0.1:29501", help="HOST:PORT (loopback by default)")
+    d.add_argument(
+        "--trust-server",
+        action="append",
+        metavar="FINGERPRINT",
+        help="key fingerprint of a server this dealer serves (repeatable)",
+    )
+    d.add_argument("--max-sessions", type=_positive_int, default=4)
     party_opts(d)
     d.set_defaults(func=cmd_dealer)
     return p
@@ -669,8 +882,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except PrivQuantError as e:
-        print(f"privquant: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return _print_error(str(e), getattr(args, "json", False))
     except KeyboardInterrupt:
         print("privquant: interrupted", file=sys.stderr)
         return 130

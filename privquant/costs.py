@@ -20,18 +20,28 @@ HANDSHAKE_SCOPE = "(handshake)"
 
 
 def declared(
-    program: Program, *, batch: int = 1, backend: str = "privquant"
+    program: Program,
+    *,
+    batch: int = 1,
+    backend: str = "privquant",
+    batches: list[int] | None = None,
 ) -> tuple[Cost, dict[str, Cost], dict[str, list[str]]]:
     """``(total, {scope: Cost}, {scope: [op kinds]})`` of one private inference of ``program``.
 
-    ``rounds`` of the total is the sum over scopes, an upper bound of the session's Lamport depth
-    (consecutive layers may overlap by one message; ``protocols.transport.channel``).
+    ``batches``: the sizes of the inferences of one session when a batch ran in several chunks
+    after one setup (setup counted once, the chunks' online/offline traffic and rounds in
+    sequence). ``rounds`` of the total is the sum over scopes, an upper bound of the session's
+    Lamport depth (consecutive layers may overlap by one message; ``protocols.transport.channel``).
     """
     rings = ring_bits(program)
     scopes: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
     kinds: dict[str, list[str]] = {SEEDS_SCOPE: ["seeds"]}
     for op in program.ops:
-        c = ops.op_cost(op, program, rings, batch, backend)
+        c = None
+        for b in batches or [batch]:
+            cb = ops.op_cost(op, program, rings, b, backend)
+            # setup runs once per session: later chunks add online, offline and rounds
+            c = cb if c is None else c.then(Cost(cb.online_bits, cb.offline_bits, 0, cb.rounds))
         scopes[op.name] = scopes[op.name].then(c) if op.name in scopes else c
         kinds.setdefault(op.name, []).append(op.kind)
     return Cost.sequence(scopes.values()), scopes, kinds

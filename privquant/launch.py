@@ -1,22 +1,34 @@
-"""``privquant infer``: all three roles on this machine as real OS processes over loopback.
+"""``privquant infer``: all three roles on this machine, as processes started through the API.
 
-The launcher picks a free port, starts ``privquant serve``, ``privquant dealer`` and
-``privquant client`` as child processes (each dies with the launcher: PR_SET_PDEATHSIG), waits
-with a deadline, and on the first failure stops the others and reports that failure's one-line
-error. It then joins the three parties' accounting into one CommReport and compares the client's
-logits with the plaintext integer program.
+The launcher parses the artifact once, then starts the server, the dealer and the client as
+``multiprocessing`` processes (``spawn``: a fresh interpreter each, no fork of a process whose
+OpenMP pool is running). Each receives what it needs through its start-up pipe -- the server
+the program with weights, the client its input batch, the dealer nothing -- so no file ever
+holds the input or the weights, and nothing private is left on disk after any signal. Each
+child dies with the launcher (``PR_SET_PDEATHSIG``).
+
+Transport: CrypTen's gloo communicator over loopback (``GLOO_SOCKET_IFNAME=lo``), rendezvous
+through a ``file://`` store in a private temporary directory (the store holds addresses only),
+so nothing listens on another interface. gloo cannot encrypt and aborts a process on a
+message longer than the receive posted; on one machine between its own children that is
+acceptable (see :mod:`privquant.protocols.transport.crypten`). Networked deployments use
+``privquant serve`` / ``dealer`` / ``client`` (TLS, :mod:`privquant.serving`).
+
+The roles run the same session protocol as the network services (:mod:`privquant.serving`): one
+session, the batch in chunks of at most ``chunk`` samples. The launcher joins the three
+parties' accounting into one CommReport and compares the client's logits with the plaintext
+integer program.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
+import multiprocessing as mp
 import os
+import shutil
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +41,8 @@ from privquant.program import check_input, output_logits, run_plain
 from privquant.report import CommReport
 
 _PR_SET_PDEATHSIG = 1
-STARTUP_SLACK = 30.0  # seconds for interpreter start and imports, on top of the protocol timeout
+STARTUP_SLACK = 60.0  # seconds for interpreter start and imports, on top of the protocol timeouts
+ROLES = {0: "server", 1: "client", 2: "dealer"}
 
 
 def free_port() -> int:
@@ -38,88 +51,135 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent() -> None:
     with contextlib.suppress(Exception):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def _spawn(args: list[str], *, show_stderr: bool) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "privquant.cli", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        cmd,
-        stdout=subprocess.PIPE,
-        stderr=None if show_stderr else subprocess.PIPE,
-        preexec_fn=_die_with_parent,
-        env=env,
-        text=True,
+def _role_main(rank: int, rdv: str, timeout: float, backend: str, payload: dict, conn) -> None:
+    """One role in a child process; sends ("ok", summary) or ("error", line) to ``conn``."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher decides; it kills us if needed
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+    try:
+        out = _run_role(rank, rdv, timeout, backend, payload)
+        conn.send(("ok", out))
+    except PrivQuantError as e:
+        conn.send(("error", str(e)))
+    except BaseException as e:  # one line, never a traceback
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def _run_role(rank: int, rdv: str, timeout: float, backend: str, payload: dict) -> dict:
+    from privquant.protocols.transport.channel import Party
+    from privquant.protocols.transport.crypten import (
+        CryptenTransport,
+        init_communicator,
+        shutdown_communicator,
     )
+    from privquant.serving import ClientSession, dealer_session, server_session
 
-
-def _error_line(stderr: str | None, role: str, code: int) -> str:
-    for line in reversed((stderr or "").strip().splitlines()):
-        if line.startswith("privquant: error: "):
-            return f"{role}: {line.removeprefix('privquant: error: ')}"
-    return f"{role} exited with status {code}"
+    init_communicator(rank, rdv, timeout=timeout)
+    try:
+        party = Party(rank, CryptenTransport(timeout=timeout))
+        try:
+            if rank == 0:
+                s = server_session(party, payload["program"], payload["policy"], backend=backend)
+                return s.as_dict()
+            if rank == 2:
+                return dealer_session(party, backend=backend).as_dict()
+            cs = ClientSession(
+                party,
+                expect_hash=payload["hash"],
+                backend=backend,
+                progress=payload["progress"],
+            )
+            cs.open()
+            logits = cs.infer(torch.from_numpy(payload["x"]))
+            s = cs.close()
+            s.extra["logits_int"] = logits.numpy()
+            return s.as_dict()
+        finally:
+            with contextlib.suppress(PrivQuantError):
+                party.close()
+    finally:
+        shutdown_communicator()
 
 
 def infer_local(
-    artifact_path: str | Path,
+    artifact,
     images,
     *,
     backend: str = "privquant",
     timeout: float = 60.0,
     progress: bool = False,
+    chunk: int = 32,
 ) -> dict:
-    """Private inference of ``images`` (uint8, (N, *input_shape)) with all roles on this machine."""
-    from privquant.quantized import QuantizedModel
+    """Private inference of ``images`` (uint8, (N, *input_shape)) with all roles on this machine.
 
-    art = QuantizedModel.load(artifact_path)
+    ``artifact``: a QuantizedModel or a ``.pq`` path (loaded once, here)."""
+    from privquant.quantized import QuantizedModel
+    from privquant.serving import Policy
+
+    art = artifact if isinstance(artifact, QuantizedModel) else QuantizedModel.load(artifact)
     x = check_input(art.program, images).to(torch.uint8)
+    if not 1 <= chunk <= 1 << 16:
+        raise PrivQuantError("chunk must be in 1..65536")
+    policy = Policy(output="logits", max_batch=int(min(chunk, len(x))))
     ref = run_plain(art.program, x)
-    port = free_port()
-    rdv = f"tcp://127.0.0.1:{port}"
-    common = ["--rendezvous", rdv, "--timeout", str(timeout), "--backend", backend, "--json"]
-    with tempfile.TemporaryDirectory(prefix="privquant-") as tmp:
-        inp = Path(tmp) / "input.npy"
-        np.save(inp, x.numpy(), allow_pickle=False)
-        t0 = time.perf_counter()
-        procs = {
-            "server": _spawn(["serve", str(artifact_path), *common], show_stderr=False),
-            "dealer": _spawn(["dealer", *common], show_stderr=False),
-            "client": _spawn(
-                [
-                    "client",
-                    "--input",
-                    str(inp),
-                    "--expect-hash",
-                    art.architecture_hash(),
-                    *common,
-                    *(["--progress"] if progress else []),
-                ],
-                show_stderr=progress,
-            ),
-        }
-        outs = _wait_all(procs, deadline=time.perf_counter() + timeout * 3 + STARTUP_SLACK)
-        wall = time.perf_counter() - t0
-    res = {role: json.loads(out) for role, out in outs.items()}
-    cl = res["client"]
-    logits_int = torch.tensor(cl["logits_int"], dtype=torch.int64)
-    parties = [res["server"], res["client"], res["dealer"]]
+    payloads = {
+        0: {"program": art.program, "policy": policy},
+        1: {"x": x.numpy(), "hash": art.architecture_hash(), "progress": progress},
+        2: {},
+    }
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the children
+    ctx = mp.get_context("spawn")
+    rdv_dir = tempfile.mkdtemp(prefix="privquant-rdv-")  # 0700; rendezvous addresses only
+    procs: dict[int, tuple] = {}
+    t0 = time.perf_counter()
+    try:
+        rdv = f"file://{rdv_dir}/store"
+        for rank in (0, 2, 1):
+            recv, send = ctx.Pipe(duplex=False)
+            p = ctx.Process(
+                target=_role_main,
+                args=(rank, rdv, timeout, backend, payloads[rank], send),
+                name=f"privquant-{ROLES[rank]}",
+                daemon=True,
+            )
+            p.start()
+            send.close()
+            procs[rank] = (p, recv)
+        chunks = -(-len(x) // policy.max_batch)
+        outs = _wait_roles(procs, STARTUP_SLACK + timeout * (3 + chunks))
+    finally:
+        for p, recv in procs.values():
+            if p.is_alive():
+                p.kill()
+            p.join(5)
+            recv.close()
+        shutil.rmtree(rdv_dir, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    cl = outs[1]
+    logits_int = torch.from_numpy(np.asarray(cl["logits_int"], dtype=np.int64))
+    parties = [outs[0], outs[1], outs[2]]
     secs = {
         "wall": wall,
         **{f"{p['role']}_{k}": v for p in parties for k, v in p["seconds"].items()},
     }
     report = CommReport.from_stats(
-        art.program, parties, batch=len(x), backend=backend, seconds=secs
+        art.program, parties, batch=len(x), backend=backend, seconds=secs, batches=cl["batches"]
     )
     return {
         "model": art.model,
         "n": len(x),
-        "labels": cl["labels"],
+        "labels": logits_int.argmax(1).tolist(),
         "plain_labels": output_logits(art.program, ref).argmax(1).tolist(),
-        "logits": cl["logits"],
+        "logits": output_logits(art.program, logits_int).tolist(),
         "identical": bool(torch.equal(logits_int, ref)),
+        "batches": cl["batches"],
         "report": report,
     }
 
@@ -132,20 +192,46 @@ def infer(
     ``artifact`` is a QuantizedModel or a ``.pq`` path; returns the client's labels and logits,
     the plaintext labels, ``identical`` (logits == plaintext integer program) and a CommReport.
     """
-    from privquant.quantized import QuantizedModel
-
-    if isinstance(artifact, QuantizedModel):
-        with tempfile.TemporaryDirectory(prefix="privquant-") as tmp:
-            path = Path(tmp) / "model.pq"
-            artifact.save(path)
-            return infer_local(path, x, backend=backend, timeout=timeout, progress=progress)
     return infer_local(artifact, x, backend=backend, timeout=timeout, progress=progress)
 
 
-def _wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, str]:
-    """Wait for every process; on the first failure or the deadline, stop all and raise."""
+def _wait_roles(procs: dict[int, tuple], limit: float) -> dict[int, dict]:
+    """Collect every role's result; on the first failure (or ``limit`` s) raise its one line."""
+    outs: dict[int, dict] = {}
+    deadline = time.perf_counter() + limit
+    while len(outs) < len(procs):
+        for rank, (p, recv) in procs.items():
+            if rank in outs:
+                continue
+            if recv.poll():
+                try:
+                    status, val = recv.recv()
+                except (EOFError, OSError):
+                    status, val = "error", f"exited with status {p.exitcode}"
+                if status != "ok":
+                    raise PeerError(f"{ROLES[rank]}: {val}")
+                outs[rank] = val
+            elif not p.is_alive() and not recv.poll():
+                raise PeerError(f"{ROLES[rank]} exited with status {p.exitcode}")
+        if time.perf_counter() > deadline:
+            raise PeerError("the parties did not finish before the deadline; stopped them")
+        time.sleep(0.02)
+    return outs
+
+
+def _error_line(stderr: str | None, role: str, code: int) -> str:
+    for line in reversed((stderr or "").strip().splitlines()):
+        if line.startswith("privquant: error: "):
+            return f"{role}: {line.removeprefix('privquant: error: ')}"
+    return f"{role} exited with status {code}"
+
+
+def _wait_all(procs: dict, deadline: float) -> dict[str, str]:
+    """Wait for every subprocess (``role -> Popen``, stdout/stderr pipes); on the first failure
+    or the deadline stop them all and raise its one line. Used by the baselines' launchers."""
+    import subprocess
+
     outs: dict[str, str] = {}
-    errs: dict[str, str] = {}
     failure = None
     try:
         while len(outs) < len(procs) and failure is None:
@@ -161,13 +247,11 @@ def _wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, 
                 failure = "the parties did not finish before the deadline; stopped them"
             time.sleep(0.05)
         if failure is not None:
-            # give the others a moment to report their own view, then stop them
             for role, p in procs.items():
                 if role in outs or p.returncode is not None:
                     continue
                 try:
-                    _, err = p.communicate(timeout=2.0)
-                    errs[role] = err or ""
+                    p.communicate(timeout=2.0)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.communicate()
@@ -190,7 +274,7 @@ def load_inputs(
         raise PrivQuantError("--batch must be at least 1")
     if image is not None:
         x = load_image(image)
-        return x.unsqueeze(0) if tuple(x.shape) == tuple(program_shape) else x
+        return x.unsqueeze(0) if x.dim() == 3 else x
     i = 0 if index is None else index
     if i < 0:
         raise PrivQuantError("--index must be >= 0")
@@ -198,3 +282,25 @@ def load_inputs(
     if len(images) < i + batch:
         raise PrivQuantError(f"{data} has only {len(images)} test images")
     return images[i : i + batch]
+
+
+MAX_IMAGES = 100_000
+
+
+def load_image_dir(path: str) -> tuple[torch.Tensor, list[str]]:
+    """Every ``.png``/``.npy`` image in a directory (sorted by name) as one uint8 batch."""
+    from privquant.models.data import load_image
+
+    d = Path(path)
+    if not d.is_dir():
+        raise PrivQuantError(f"not a directory: {d}")
+    files = sorted(f for f in d.iterdir() if f.suffix.lower() in (".png", ".npy") and f.is_file())
+    if not files:
+        raise PrivQuantError(f"no .png or .npy images in {d}")
+    if len(files) > MAX_IMAGES:
+        raise PrivQuantError(f"{d} holds {len(files)} images (limit {MAX_IMAGES})")
+    imgs = [load_image(f) for f in files]
+    shapes = {tuple(i.shape) for i in imgs}
+    if len(shapes) != 1:
+        raise PrivQuantError(f"the images in {d} differ in shape: {sorted(shapes)}")
+    return torch.stack(imgs), [f.name for f in files]

@@ -55,10 +55,14 @@ class CommReport:
         backend: str = "privquant",
         seconds: dict | None = None,
         view: str = "all parties",
+        batches: list[int] | None = None,
     ) -> CommReport:
-        """Build from each party's ``{"stats": ..., "scopes": ...}`` (RoleResult fields)."""
+        """Build from each party's ``{"stats": ..., "scopes": ...}`` (RoleResult fields).
+
+        ``batches``: the inferences of a session (their sizes), when the batch ran in several
+        chunks after one setup: the declared cost is then the chunks' costs in sequence."""
         totals = combine([CommStats.from_dict(p["stats"]) for p in parties])
-        _total, costs, kinds = declared(program, batch=batch, backend=backend)
+        _total, costs, kinds = declared(program, batch=batch, backend=backend, batches=batches)
         names = list(kinds)
         extra = sorted({s for p in parties for s in p["scopes"]} - set(names))
         layers = []

@@ -132,3 +132,159 @@ def run_role(
         {k: v.as_dict() for k, v in party.scopes.items()},
         simulated,
     )
+
+
+# ------------------------------------------------------------------------------------ sessions
+# Output policies this runtime can execute. The lead's secure argmax adds "label" / "topk:K".
+OUTPUT_POLICIES = ("logits",)
+PREPROCESSING_MODES = ("dealer",)
+
+
+def _last_use(program: Program) -> dict[str, int]:
+    """Index of the last op reading each tensor (the output tensor is kept)."""
+    last: dict[str, int] = {}
+    for i, op in enumerate(program.ops):
+        for t in op.inputs:
+            last[t] = i
+    last.pop(program.output_op.output, None)
+    return last
+
+
+class Session:
+    """One role of a session: setup once, then any number of inferences (thin wrapper).
+
+    ``Session(party, program, ...)``; :meth:`setup` distributes the seeds and runs every
+    protocol's setup (the masked weights) once; :meth:`infer` runs one inference of ``batch``
+    samples (the client passes ``x``). Inside an inference each layer's preprocessing is made
+    just before its online step (the dealer walks the same sequence and only sends), and every
+    activation is freed after its last reader, so memory follows the widest layer, not the
+    network. Traffic and rounds are exactly those of :func:`run_role` for the same batch
+    (phases have separate clocks); the per-layer scopes accumulate over inferences.
+    """
+
+    def __init__(
+        self,
+        party: Party,
+        program: Program,
+        *,
+        backend: str = "privquant",
+        seeds=None,
+        simulated: bool = False,
+        dealer_book=None,
+        progress: bool = False,
+        preprocessing: str = "dealer",
+        output: str = "logits",
+    ):
+        if preprocessing not in PREPROCESSING_MODES:
+            raise PrivQuantError(
+                f"preprocessing {preprocessing!r} is not available in this build "
+                f"(available: {', '.join(PREPROCESSING_MODES)})"
+            )
+        if output not in OUTPUT_POLICIES:
+            raise PrivQuantError(
+                f"output policy {output!r} is not available in this build "
+                f"(available: {', '.join(OUTPUT_POLICIES)})"
+            )
+        if party.rank == SERVER and not program.has_weights:
+            raise PrivQuantError("the server needs the full program (with weights)")
+        self.party, self.program, self.backend = party, program, backend
+        self.seeds, self.simulated, self.dealer_book = seeds, simulated, dealer_book
+        self.progress, self.output = progress, output
+        self.rings = ring_bits(program)
+        self.protos = [ops.protocol(op.kind, backend) for op in program.ops]
+        self._last = _last_use(program)
+        self.corr = None
+        self.states: list | None = None
+        self.seconds: dict[str, float] = {}
+        self.inferences = 0
+
+    def setup(self) -> None:
+        party, program = self.party, self.program
+        t0 = time.perf_counter()
+        seeds = self.seeds
+        if seeds is None:
+            with party.scope(SEEDS_SCOPE):
+                seeds = establish_seeds(party)
+        self.corr = make_correlations(
+            party, seeds, simulated=self.simulated, dealer_book=self.dealer_book
+        )
+        params = secret_params(program) if party.rank == SERVER else {}
+        sigs = [ops.signature(op, program, self.rings, 1) for op in program.ops]
+        self.states = []
+        for op, proto, sig in zip(program.ops, self.protos, sigs):
+            with party.scope(op.name):
+                self.states.append(proto.setup(self.corr, sig, params.get(op.name)))
+        self.seconds["setup"] = time.perf_counter() - t0
+
+    def infer(self, batch: int, x: torch.Tensor | None = None) -> RoleResult:
+        """One inference of ``batch`` samples; the client's result holds the logits."""
+        if self.states is None:
+            raise PrivQuantError("Session.setup() must run before infer()")
+        party, program, rank = self.party, self.program, self.party.rank
+        if rank == CLIENT:
+            if x is None:
+                raise PrivQuantError("the client must provide an input")
+            x = check_input(program, x)
+            if x.shape[0] != batch:
+                raise PrivQuantError(f"input batch {x.shape[0]} differs from the agreed {batch}")
+        before = party.stats.as_dict()
+        t0 = time.perf_counter()
+        env: dict[str, torch.Tensor] = {}
+        t_off = t_on = 0.0
+        bar = tqdm(
+            total=len(program.ops),
+            desc="private inference",
+            unit="op",
+            disable=not self.progress,
+            leave=False,
+        )
+        for i, (op, proto, st) in enumerate(zip(program.ops, self.protos, self.states)):
+            sig = ops.signature(op, program, self.rings, batch)
+            bar.set_postfix_str(op.name)
+            with party.scope(op.name):
+                t1 = time.perf_counter()
+                pre = proto.offline(self.corr, sig, st)
+                t2 = time.perf_counter()
+                t_off += t2 - t1
+                if rank != DEALER:
+                    if op.kind == "input":
+                        ins = [x if rank == CLIENT else None]
+                    else:
+                        ins = [env[t] for t in op.inputs]
+                    env[op.output] = proto.online(party, sig, pre, *ins)
+                    t_on += time.perf_counter() - t2
+                del pre
+            for t in op.inputs:
+                if self._last.get(t) == i:
+                    env.pop(t, None)
+            bar.update(1)
+        bar.close()
+        logits = env.get(program.output_op.output) if rank == CLIENT else None
+        self.inferences += 1
+        dt = time.perf_counter() - t0
+        for k, v in (("inference", dt), ("offline", t_off), ("online", t_on)):
+            self.seconds[k] = self.seconds.get(k, 0.0) + v
+        after = party.stats.as_dict()
+        delta = {
+            k: {p: after[k][p] - before[k][p] for p in after[k]}
+            for k in ("bits_sent", "bits_recv", "msgs_sent", "msgs_recv", "wire_sent", "wire_recv")
+        }
+        return RoleResult(
+            rank,
+            logits,
+            {"inference": dt, "offline": t_off, "online": t_on},
+            delta,
+            {},
+            self.simulated,
+        )
+
+    def result(self) -> RoleResult:
+        """The role's accounting for the whole session so far (totals and per-layer scopes)."""
+        return RoleResult(
+            self.party.rank,
+            None,
+            dict(self.seconds),
+            self.party.stats.as_dict(),
+            {k: v.as_dict() for k, v in self.party.scopes.items()},
+            self.simulated,
+        )

@@ -333,42 +333,80 @@ def run_privquant_emulated(
     emu: Emulation, artifact_path, images, *, backend: str = "privquant", timeout: float = 300.0
 ) -> dict:
     """One private inference with the server + dealer on one side of the emulated link and the
-    client on the other. Returns the roles' JSON outputs and the wall time."""
+    client on the other, over the network transport (TLS, as deployed: ``privquant serve`` /
+    ``dealer`` / ``client``). Returns the client's JSON output and the wall time."""
+    import signal as _signal
+    import threading
+
     from privquant.launch import STARTUP_SLACK, _wait_all, free_port
+    from privquant.protocols.transport.keys import Identity
     from privquant.quantized import QuantizedModel
 
     art = QuantizedModel.load(artifact_path)
-    rdv = f"tcp://{emu.addr[SERVER_SIDE]}:{free_port()}"
-    common = ["--rendezvous", rdv, "--timeout", str(timeout), "--backend", backend, "--json"]
+    host = emu.addr[SERVER_SIDE]
+    sport, dport = free_port(), free_port()
+    common = ["--timeout", str(timeout), "--backend", backend]
     env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    cli = ["-m", "privquant.cli"]
     with tempfile.TemporaryDirectory(prefix="privquant-emu-") as tmp:
+        sk, dk = Identity.generate(), Identity.generate()  # throw-away keys for this run
+        sk.save(Path(tmp) / "s.key")
+        dk.save(Path(tmp) / "d.key")
         inp = Path(tmp) / "input.npy"
         np.save(inp, np.asarray(images, dtype=np.uint8), allow_pickle=False)
-        t0 = time.perf_counter()
-        cli = ["-m", "privquant.cli"]
-        procs = {
-            "server": _spawn(
-                emu.prefix(SERVER_SIDE), [*cli, "serve", str(artifact_path), *common], env
-            ),
-            "dealer": _spawn(emu.prefix(SERVER_SIDE), [*cli, "dealer", *common], env),
-            "client": _spawn(
-                emu.prefix(CLIENT_SIDE),
-                [
-                    *cli,
-                    "client",
-                    "--input",
-                    str(inp),
-                    "--expect-hash",
-                    art.architecture_hash(),
-                    *common,
-                ],
+        services = {
+            "dealer": _spawn(
+                emu.prefix(SERVER_SIDE),
+                [*cli, "dealer", "--key", f"{tmp}/d.key", "--trust-server", sk.fingerprint,
+                 "--listen", f"{host}:{dport}", *common],
                 env,
             ),
-        }
-        outs = _wait_all(procs, deadline=time.perf_counter() + timeout * 3 + STARTUP_SLACK)
-        wall = time.perf_counter() - t0
-    res = {role: json.loads(out) for role, out in outs.items()}
-    return {"roles": res, "wall": wall}
+            "server": _spawn(
+                emu.prefix(SERVER_SIDE),
+                [*cli, "serve", str(artifact_path), "--key", f"{tmp}/s.key",
+                 "--listen", f"{host}:{sport}", "--dealer", f"{host}:{dport}",
+                 "--dealer-key", dk.fingerprint, "--output", "logits",
+                 "--max-batch", str(max(1, len(images))), *common],
+                env,
+            ),
+        }  # fmt: skip
+        ready = {k: threading.Event() for k in services}
+        errs: dict[str, list[str]] = {k: [] for k in services}
+
+        def watch(role, p):
+            for line in p.stderr:
+                errs[role].append(line)
+                if ("serving " in line) or ("dealing on" in line):
+                    ready[role].set()
+
+        for role, p in services.items():
+            threading.Thread(target=watch, args=(role, p), daemon=True).start()
+        try:
+            deadline = time.monotonic() + STARTUP_SLACK
+            for role, ev in ready.items():
+                if not ev.wait(max(0.0, deadline - time.monotonic())):
+                    raise PrivQuantError(f"{role} did not start: {''.join(errs[role])[-300:]}")
+            t0 = time.perf_counter()
+            client = _spawn(
+                emu.prefix(CLIENT_SIDE),
+                [*cli, "client", "--server", f"{host}:{sport}", "--server-key", sk.fingerprint,
+                 "--dealer-key", dk.fingerprint, "--input", str(inp),
+                 "--expect-hash", art.architecture_hash(), "--json", *common],
+                env,
+            )  # fmt: skip
+            outs = _wait_all({"client": client}, deadline=time.perf_counter() + timeout * 3)
+            wall = time.perf_counter() - t0
+        finally:
+            for p in services.values():
+                if p.poll() is None:
+                    p.send_signal(_signal.SIGTERM)
+            for p in services.values():
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+    return {"roles": {"client": json.loads(outs["client"])}, "wall": wall}
 
 
 def measure(
@@ -396,7 +434,7 @@ def measure(
                     "notes": emu.notes,
                     "ping_rtt_s": rtt,
                     "client_online_s": cl["seconds"].get("online"),
-                    "server_online_s": r["roles"]["server"]["seconds"].get("online"),
+                    "transport": "tls",
                     "wall_s": r["wall"],
                 }
         except (PrivQuantError, RuntimeError, OSError, subprocess.SubprocessError) as e:

@@ -155,13 +155,21 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.to(torch.float32) / 255.0
 
 
+MAX_IMAGE_PIXELS = 1 << 24  # 4096 x 4096: far above any model input, far below a memory bomb
+
+
 def _load_png(path: Path) -> np.ndarray:
     try:
         from PIL import Image, UnidentifiedImageError
     except ImportError:  # pragma: no cover - PIL ships with matplotlib
         return _load_png_matplotlib(path)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only: check the size before decoding
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"PNG {path} is {w}x{h} pixels; images are limited to {MAX_IMAGE_PIXELS} pixels"
+                )
             mode = img.mode
             if mode in ("1", "L", "LA"):
                 arr = np.asarray(img.convert("L"))
@@ -169,7 +177,7 @@ def _load_png(path: Path) -> np.ndarray:
                 arr = np.asarray(img.convert("RGB"))
             else:
                 raise DataError(f"unsupported PNG mode {mode!r} in {path}; need 8-bit gray or RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read PNG {path}: {exc}") from None
     return arr if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
 
