@@ -1,0 +1,255 @@
+"""Microsoft SEAL (through the ``seal-python`` wheel) for the HE linear layer: contexts, keys,
+numpy views of plaintexts and ciphertexts, residue packing, flooding noise.
+
+``seal-python`` binds SEAL's objects but gives no array access to coefficients. It does bind
+SEAL's own serialisation (``to_bytes``/``to_string`` and ``load_bytes``/``from_*_str``) with
+``compr_mode_type.none``, whose layout is fixed by SEAL (a 16-byte ``SEALHeader`` -- magic
+``0xA15E``, header size, version, compression mode, total size -- the object's metadata, then a
+nested ``DynArray`` with its own header, an element count and the raw ``uint64`` data: RNS
+residues, polynomial-major then prime-major then coefficient). So:
+
+* reading: serialise with ``compr_mode none``, check magic / compression / total size / element
+  count, view the trailing ``count * 8`` bytes as ``uint64``;
+* writing: take a *template* serialised by SEAL itself for an object of the same kind and level
+  (same metadata, same sizes), replace only the trailing data, and let SEAL load it -- SEAL then
+  validates it (``is_valid_for``: sizes, ``parms_id``, every residue ``< q_i``) and rejects
+  anything malformed, which this module turns into :class:`PeerError` for peer data.
+
+No arithmetic on ciphertexts happens here except adding the flooding polynomial, which is itself
+loaded into SEAL as a ciphertext ``(f, 0)`` and added by SEAL.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+
+import numpy as np
+
+from privquant.errors import PeerError, PrivQuantError
+from privquant.protocols.preprocessing.he.params import HeParams
+from privquant.protocols.primitives import packing
+
+SEAL_MAGIC = 0xA15E
+_HDR = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr_mode, reserved, size
+
+
+def _seal():
+    try:
+        import seal
+    except ImportError as e:  # pragma: no cover - the dependency is pinned
+        raise PrivQuantError(
+            "HE linear layers need the 'seal-python' package (pip install seal-python==4.4.0)"
+        ) from e
+    return seal
+
+
+def _data_view(buf: bytes, count: int, what: str) -> np.ndarray:
+    """The trailing ``count`` uint64 of a SEAL serialisation, after checking its headers."""
+    if len(buf) < 16 + 24 + 8 * count:
+        raise PrivQuantError(f"SEAL {what}: serialisation too short")
+    magic, hsize, _, _, compr, _, size = _HDR.unpack_from(buf, 0)
+    if magic != SEAL_MAGIC or hsize != 16 or compr != 0 or size != len(buf):
+        raise PrivQuantError(f"SEAL {what}: unexpected serialisation header")
+    off = len(buf) - 8 * count
+    magic2, _, _, _, compr2, _, _ = _HDR.unpack_from(buf, off - 24)
+    (n_elems,) = struct.unpack_from("<Q", buf, off - 8)
+    if magic2 != SEAL_MAGIC or compr2 != 0 or n_elems != count:
+        raise PrivQuantError(f"SEAL {what}: unexpected data layout")
+    return np.frombuffer(buf, dtype=np.uint64, count=count, offset=off)
+
+
+class Template:
+    """A SEAL serialisation of a fixed-size object whose data part is replaced."""
+
+    def __init__(self, buf: bytes, count: int, what: str):
+        _data_view(buf, count, what)
+        self.prefix = bytes(buf[: len(buf) - 8 * count])
+        self.count = count
+        self.what = what
+
+    def fill(self, data: np.ndarray) -> bytes:
+        a = np.ascontiguousarray(data, dtype=np.uint64).reshape(-1)
+        if a.size != self.count:
+            raise ValueError(f"{self.what}: {a.size} values, expected {self.count}")
+        return self.prefix + a.tobytes()
+
+
+class Context:
+    """One SEAL BFV context for a parameter set (each party makes its own)."""
+
+    def __init__(self, params: HeParams):
+        seal = _seal()
+        self.params = params
+        p = seal.EncryptionParameters(seal.scheme_type.bfv)
+        p.set_poly_modulus_degree(params.n)
+        p.set_coeff_modulus(seal.CoeffModulus.Create(params.n, list(params.bits)))
+        p.set_plain_modulus(params.t)
+        self.ctx = seal.SEALContext(p, True, seal.sec_level_type.tc128)
+        if not self.ctx.parameters_set():
+            raise PrivQuantError(f"SEAL rejects {params}: {self.ctx.parameter_error_message()}")
+        got = tuple(int(m.value()) for m in p.coeff_modulus())
+        if got != params.primes:
+            raise PrivQuantError("SEAL picked other primes than the cost model assumed")
+        self.evaluator = seal.Evaluator(self.ctx)
+        self.none = seal.compr_mode_type.none
+        n, L = params.n, len(params.data_primes)
+        self.first = self.ctx.first_parms_id()
+        self.last = self.ctx.last_parms_id()
+        self.q = np.array(params.data_primes, dtype=np.uint64)
+        # templates from throwaway keys: only the metadata of these serialisations is used
+        kg = seal.KeyGenerator(self.ctx)
+        enc = seal.Encryptor(self.ctx, kg.secret_key())
+        ct = enc.encrypt_symmetric(seal.Plaintext(n))
+        self.ct_first = Template(ct.to_string(self.none), 2 * L * n, "ciphertext")
+        self.evaluator.mod_switch_to_inplace(ct, self.last)
+        self.ct_last = Template(ct.to_string(self.none), 2 * n, "ciphertext")
+        self.pk = Template(kg.create_public_key().to_string(), 2 * (L + 1) * n, "public key")
+        self.plain = Template(seal.Plaintext(n).to_bytes(self.none), n, "plaintext")
+        self._pow_beta = np.array([pow(2, params.beta, q) for q in params.data_primes], np.uint64)
+
+    # -- plaintexts
+    def plaintext(self, coeffs: np.ndarray):
+        """A plaintext with the given coefficients (already reduced to ``[0, t)``)."""
+        return self.ctx.from_plain_str(self.plain.fill(coeffs))
+
+    def coeffs(self, pt) -> np.ndarray:
+        """All ``n`` coefficients of a plaintext (SEAL trims high zero coefficients)."""
+        k = pt.coeff_count()
+        out = np.zeros(self.params.n, dtype=np.uint64)
+        out[:k] = _data_view(pt.to_bytes(self.none), k, "plaintext")
+        return out
+
+    # -- ciphertexts
+    def ct_data(self, ct) -> np.ndarray:
+        """(2, L', n) residues of a ciphertext at its level (read-only view)."""
+        L = ct.coeff_modulus_size()
+        return _data_view(ct.to_string(self.none), 2 * L * self.params.n, "ciphertext").reshape(
+            2, L, self.params.n
+        )
+
+    def load(self, template: Template, data: np.ndarray, what: str):
+        try:
+            return self.ctx.from_cipher_str(template.fill(data))
+        except (RuntimeError, ValueError) as e:
+            raise PeerError(f"invalid {what} from the peer: {e}") from None
+
+    def flood(self):
+        """A ciphertext ``(f, 0)``, ``f`` uniform on ``[-2^beta, 2^beta)`` per coefficient."""
+        f = flood_residues(self.params.n, self.params.beta, self.q, self._pow_beta)
+        data = np.zeros((2, self.q.size, self.params.n), dtype=np.uint64)
+        data[0] = f
+        return self.ctx.from_cipher_str(self.ct_first.fill(data))
+
+
+def flood_residues(n: int, beta: int, q: np.ndarray, pow_beta: np.ndarray) -> np.ndarray:
+    """Residues mod each ``q_i`` of ``n`` integers ``u - 2^beta``, ``u`` uniform ``beta+1`` bits
+    from the OS CSPRNG. ``u mod q_i`` by Horner in 4-bit digits (``q_i < 2^60`` so the running
+    value times 16 plus a digit stays below ``2^64``)."""
+    bits = beta + 1
+    ndig = -(-bits // 4)
+    raw = np.frombuffer(secrets.token_bytes(n * ndig), dtype=np.uint8).reshape(ndig, n)
+    digits = (raw & np.uint8(15)).astype(np.uint64)
+    top = bits - 4 * (ndig - 1)  # bits of the most significant digit
+    digits[0] &= np.uint64((1 << top) - 1)
+    qq = q.reshape(-1, 1)
+    r = np.zeros((q.size, n), dtype=np.uint64)
+    four = np.uint64(4)
+    for k in range(ndig):
+        r = ((r << four) | digits[k]) % qq
+    return (r + qq - pow_beta.reshape(-1, 1)) % qq
+
+
+def pack_residues(data: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
+    """Pack (..., L, n) residues: for each prime ``i`` all its residues at ``widths[i]`` bits
+    (a flat uint8 array)."""
+    parts = [
+        packing.pack(np.ascontiguousarray(data[..., i, :]).reshape(-1).view(np.int64), w).numpy()
+        for i, w in enumerate(widths)
+    ]
+    return np.concatenate(parts)
+
+
+def unpack_residues(
+    buf: np.ndarray, lead: tuple[int, ...], n: int, primes: tuple[int, ...], what: str
+) -> np.ndarray:
+    """Inverse of :func:`pack_residues`, shape (*lead, L, n); every residue must be ``< q_i``."""
+    cnt = int(np.prod(lead)) * n
+    out = np.empty((*lead, len(primes), n), dtype=np.uint64)
+    pos = 0
+    for i, q in enumerate(primes):
+        w = q.bit_length()
+        nb = packing.packed_nbytes(cnt, w)
+        vals = packing.unpack(buf[pos : pos + nb], cnt, w).numpy().view(np.uint64)
+        pos += nb
+        if cnt and int(vals.max()) >= q:
+            raise PeerError(f"{what}: a residue is not reduced mod its prime")
+        out[..., i, :] = vals.reshape(*lead, n)
+    if pos != len(buf):
+        raise PeerError(f"{what}: {len(buf)} bytes, expected {pos}")
+    return out
+
+
+def residue_bytes(count: int, widths: tuple[int, ...]) -> int:
+    return sum(packing.packed_nbytes(count, w) for w in widths)
+
+
+class ClientKeys:
+    """The client's secret keys, one per SEAL context; they never leave this object."""
+
+    def __init__(self):
+        self._by_ctx: dict[tuple, tuple] = {}
+
+    def add(self, params: HeParams) -> np.ndarray:
+        """Make a key for ``params``'s context; returns its public key's residues, packed."""
+        seal = _seal()
+        ctx = Context(params)
+        kg = seal.KeyGenerator(ctx.ctx)
+        sk = kg.secret_key()
+        pk = kg.create_public_key()
+        enc = seal.Encryptor(ctx.ctx, sk)
+        dec = seal.Decryptor(ctx.ctx, sk)
+        self._by_ctx[context_key(params)] = (ctx, enc, dec, sk)
+        data = _data_view(pk.to_string(), ctx.pk.count, "public key").reshape(2, -1, params.n)
+        return pack_residues(data, params.key_widths)
+
+    def get(self, params: HeParams):
+        try:
+            ctx, enc, dec, _ = self._by_ctx[context_key(params)]
+        except KeyError:
+            raise PrivQuantError(f"no HE key for {params} (run the HE setup first)") from None
+        return ctx, enc, dec
+
+    def secret_key_bytes(self, params: HeParams) -> bytes:
+        """The serialised secret key, for tests that check it never goes on the wire."""
+        return self._by_ctx[context_key(params)][3].to_string()
+
+
+class ServerKeys:
+    """The client's public keys as received by the server, one per SEAL context."""
+
+    def __init__(self):
+        self._by_ctx: dict[tuple, tuple] = {}
+
+    def add(self, params: HeParams, buf: np.ndarray) -> None:
+        seal = _seal()
+        ctx = Context(params)
+        data = unpack_residues(buf, (2,), params.n, params.primes, "public key")
+        try:
+            pk = ctx.ctx.from_public_str(ctx.pk.fill(data))
+        except (RuntimeError, ValueError) as e:
+            raise PeerError(f"invalid public key from the client: {e}") from None
+        self._by_ctx[context_key(params)] = (ctx, seal.Encryptor(ctx.ctx, pk))
+
+    def get(self, params: HeParams):
+        try:
+            return self._by_ctx[context_key(params)]
+        except KeyError:
+            raise PrivQuantError(
+                f"no client public key for {params} (run the HE setup first)"
+            ) from None
+
+
+def context_key(params: HeParams) -> tuple:
+    """What fixes a SEAL context (and so a key): the flood width ``beta`` does not."""
+    return (params.n, params.ell, params.bits)
