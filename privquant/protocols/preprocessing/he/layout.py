@@ -298,6 +298,20 @@ class Layout:
         )
         return ol * self.slab + self.offset + i * self.ww + j
 
+    @cached_property
+    def _c0_offsets(self) -> np.ndarray:
+        counts = np.array(
+            [self.used(t, ob)[0].size for t in range(self.tiles) for ob in range(self.nob)]
+        )
+        per_b = int(counts.sum())
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).reshape(self.tiles, self.nob)
+        return starts[None] + per_b * np.arange(self.geo.batch)[:, None, None]
+
+    def c0_offset(self, b: int, tile: int, ob: int) -> int:
+        """Where response ``(b, tile, ob)``'s used ``c0`` coefficients start in the message
+        (responses in (batch, tile, output block) order, each's positions ascending)."""
+        return int(self._c0_offsets[b, tile, ob])
+
     def used(self, tile: int, ob: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
         """Coefficient positions a response needs (ascending) and, for each, its place
         ``(o, oh, ow)`` in the effective output (B and the tile's batch index excluded)."""

@@ -105,19 +105,23 @@ def client(
     pl = plan(sig, w_bits)
     if tuple(a.shape) != tuple(sig.x_shape):
         raise PrivQuantError(f"HE linear {sig.key!r}: input {tuple(a.shape)} != {sig.x_shape}")
-    prm, lay, geo = pl.params, pl.layout, pl.geo
-    ctx, enc, dec = keys.get(prm)
+    ctx, enc, dec = keys.get(pl.params)
     q_tag, r_tag = _tags(sig)
 
-    x_e = geo.effective_input(ring.reduce(a, sig.ell).numpy())
-    polys = lay.input_polys(x_e).reshape(-1, prm.n)
-    data = np.empty((polys.shape[0], 2, len(prm.data_primes), prm.n), dtype=np.uint64)
-    for i, poly in enumerate(polys):
-        data[i] = ctx.ct_data(enc.encrypt_symmetric(ctx.plaintext(poly)))
-    party.send_raw(SERVER, pack_residues(data, prm.data_widths), q_tag, phase=phase)
+    party.send_raw(SERVER, encrypt_query(ctx, enc, pl, ring.reduce(a, sig.ell)), q_tag, phase=phase)
 
     buf = party.recv_raw(SERVER, pl.response_bytes, r_tag, phase=phase)
     return _decrypt_response(pl, ctx, dec, buf)
+
+
+def encrypt_query(ctx, enc, pl: HePlan, a: torch.Tensor) -> np.ndarray:
+    """P1's query: the packed input polynomials, each encrypted under the secret key."""
+    prm = pl.params
+    polys = pl.layout.input_polys(pl.geo.effective_input(a.numpy())).reshape(-1, prm.n)
+    data = np.empty((polys.shape[0], 2, len(prm.data_primes), prm.n), dtype=np.uint64)
+    for i, poly in enumerate(polys):
+        data[i] = ctx.ct_data(enc.encrypt_symmetric(ctx.plaintext(poly)))
+    return pack_residues(data, prm.data_widths)
 
 
 def _decrypt_response(pl: HePlan, ctx, dec, buf: np.ndarray) -> torch.Tensor:
@@ -128,18 +132,18 @@ def _decrypt_response(pl: HePlan, ctx, dec, buf: np.ndarray) -> torch.Tensor:
     c1 = _expand(c1.view(np.uint64), prm.d1, q1).reshape(lay.n_resp, n)
     c0 = _expand(c0.view(np.uint64), prm.d0, q1)
     y_e = np.zeros((geo.batch, geo.m, geo.oh, geo.ow), dtype=np.int64)
-    k = r = 0
     ct = np.zeros((2, 1, n), dtype=np.uint64)
+    r = 0
     for b in range(geo.batch):
         for tile in range(lay.tiles):
             for ob in range(lay.nob):
                 pos, (o, rr, cc) = lay.used(tile, ob)
+                k = lay.c0_offset(b, tile, ob)
                 ct[0, 0] = 0
                 ct[0, 0, pos] = c0[k : k + pos.size]
                 ct[1, 0] = c1[r]
                 pt = dec.decrypt(ctx.load(ctx.ct_last, ct, "response"))
                 y_e[b, o, rr, cc] = ctx.coeffs(pt)[pos].astype(np.int64)
-                k += pos.size
                 r += 1
     return torch.from_numpy(geo.output(y_e).copy())
 
@@ -167,59 +171,71 @@ def server(
         raise PrivQuantError(f"HE linear {sig.key!r}: weights outside the {w_bits}-bit range")
     prm, lay, geo = pl.params, pl.layout, pl.geo
     ctx, pk_enc = keys.get(prm)
-    ev = ctx.evaluator
     q_tag, r_tag = _tags(sig)
-    L, n = len(prm.data_primes), prm.n
 
-    buf = party.recv_raw(CLIENT, pl.query_bytes, q_tag, phase=phase)
-    data = unpack_residues(buf, (lay.n_in, 2), n, prm.data_primes, "HE query")
-    cts = []
-    for i in range(lay.n_in):
-        ct = ctx.load(ctx.ct_first, data[i], "HE query ciphertext")
-        if ct.is_ntt_form() or ct.coeff_modulus_size() != L:
-            raise PeerError("HE query ciphertext at the wrong level or form")
-        ev.transform_to_ntt_inplace(ct)
-        cts.append(ct)
-
-    mask = (1 << sig.ell) - 1
+    cts = load_query(ctx, pl, party.recv_raw(CLIENT, pl.query_bytes, q_tag, phase=phase))
     s_e = np.frombuffer(secrets.token_bytes(8 * geo.n_out), dtype=np.uint64)
-    s_e = (s_e & np.uint64(mask)).view(np.int64).reshape(geo.batch, geo.m, geo.oh, geo.ow)
+    s_e = (s_e & np.uint64(prm.t - 1)).view(np.int64).reshape(geo.batch, geo.m, geo.oh, geo.ow)
     w_e = geo.effective_weight(w.to(torch.int64).numpy())
-    t = np.int64(prm.t)
-    c1_out = np.empty((geo.batch, lay.tiles, lay.nob, n), dtype=np.uint64)
-    c0_out = [[[None] * lay.nob for _ in range(lay.tiles)] for _ in range(geo.batch)]
-    sh0, sh1 = np.uint64(prm.d0), np.uint64(prm.d1)
+    c1_out = np.empty((geo.batch, lay.tiles, lay.nob, prm.n), dtype=np.uint64)
+    c0_out = np.empty(geo.n_out, dtype=np.uint64)
     for ob in range(lay.nob):
-        kpolys = lay.weight_polys(w_e, ob) % t
-        live = np.flatnonzero(lay.pairs[:, ob])
-        kpt = {cb: ev.transform_to_ntt(ctx.plaintext(kpolys[cb]), ctx.first) for cb in live}
+        kpt = weight_plaintexts(ctx, lay, w_e, ob)
         for b in range(geo.batch):
             for tile in range(lay.tiles):
-                base = (b * lay.tiles + tile) * lay.ncb
-                acc = None
-                for cb in live:
-                    prod = ev.multiply_plain(cts[base + cb], kpt[cb])
-                    if acc is None:
-                        acc = prod
-                    else:
-                        ev.add_inplace(acc, prod)
-                ev.transform_from_ntt_inplace(acc)
                 pos, (o, rr, cc) = lay.used(tile, ob)
-                spoly = np.zeros(n, dtype=np.int64)
+                base = (b * lay.tiles + tile) * lay.ncb
+                spoly = np.zeros(prm.n, dtype=np.int64)
                 spoly[pos] = s_e[b, o, rr, cc]
-                ev.sub_plain_inplace(acc, ctx.plaintext(spoly))
-                ev.add_inplace(acc, pk_enc.encrypt_zero())
-                ev.add_inplace(acc, ctx.flood())
-                ev.mod_switch_to_inplace(acc, ctx.last)
-                d = ctx.ct_data(acc)
-                c1_out[b, tile, ob] = d[1, 0] >> sh1
-                c0_out[b][tile][ob] = d[0, 0, pos] >> sh0
-    c0_flat = np.concatenate([c for per_b in c0_out for per_t in per_b for c in per_t])
+                ct = respond(ctx, pk_enc, [(cts[base + cb], k) for cb, k in kpt.items()], spoly)
+                d = ctx.ct_data(ct)
+                c1_out[b, tile, ob] = d[1, 0] >> np.uint64(prm.d1)
+                k = lay.c0_offset(b, tile, ob)
+                c0_out[k : k + pos.size] = d[0, 0, pos] >> np.uint64(prm.d0)
     msg = np.concatenate(
         [
             packing.pack(c1_out.reshape(-1).view(np.int64), prm.b1).numpy(),
-            packing.pack(c0_flat.view(np.int64), prm.b0).numpy(),
+            packing.pack(c0_out.view(np.int64), prm.b0).numpy(),
         ]
     )
     party.send_raw(CLIENT, msg, r_tag, phase=phase)
     return torch.from_numpy(geo.output(s_e).copy())
+
+
+def load_query(ctx, pl: HePlan, buf: np.ndarray) -> list:
+    """P1's query as SEAL ciphertexts in NTT form (PeerError on anything malformed)."""
+    prm, lay = pl.params, pl.layout
+    data = unpack_residues(buf, (lay.n_in, 2), prm.n, prm.data_primes, "HE query")
+    cts = []
+    for i in range(lay.n_in):
+        ct = ctx.load(ctx.ct_first, data[i], "HE query ciphertext")
+        if ct.is_ntt_form() or ct.coeff_modulus_size() != len(prm.data_primes):
+            raise PeerError("HE query ciphertext at the wrong level or form")
+        ctx.evaluator.transform_to_ntt_inplace(ct)
+        cts.append(ct)
+    return cts
+
+
+def weight_plaintexts(ctx, lay, w_e: np.ndarray, ob: int) -> dict:
+    """NTT-form weight plaintexts of output block ``ob``, for the channel blocks it meets."""
+    polys = lay.weight_polys(w_e, ob) % np.int64(ctx.params.t)
+    live = np.flatnonzero(lay.pairs[:, ob]).tolist()
+    return {cb: ctx.evaluator.transform_to_ntt(ctx.plaintext(polys[cb]), ctx.first) for cb in live}
+
+
+def respond(ctx, pk_enc, terms, spoly: np.ndarray):
+    """One response before compression: ``sum ct*K - S + Enc_pk(0) + (f, 0)``, switched to q_1."""
+    ev = ctx.evaluator
+    acc = None
+    for ct, k in terms:
+        prod = ev.multiply_plain(ct, k)
+        if acc is None:
+            acc = prod
+        else:
+            ev.add_inplace(acc, prod)
+    ev.transform_from_ntt_inplace(acc)
+    ev.sub_plain_inplace(acc, ctx.plaintext(spoly))
+    ev.add_inplace(acc, pk_enc.encrypt_zero())
+    ev.add_inplace(acc, ctx.flood())
+    ev.mod_switch_to_inplace(acc, ctx.last)
+    return acc

@@ -142,13 +142,15 @@ class Context:
         return self.ctx.from_cipher_str(self.ct_first.fill(data))
 
 
-def flood_residues(n: int, beta: int, q: np.ndarray, pow_beta: np.ndarray) -> np.ndarray:
+def flood_residues(
+    n: int, beta: int, q: np.ndarray, pow_beta: np.ndarray, rand=secrets.token_bytes
+) -> np.ndarray:
     """Residues mod each ``q_i`` of ``n`` integers ``u - 2^beta``, ``u`` uniform ``beta+1`` bits
     from the OS CSPRNG. ``u mod q_i`` by Horner in 4-bit digits (``q_i < 2^60`` so the running
     value times 16 plus a digit stays below ``2^64``)."""
     bits = beta + 1
     ndig = -(-bits // 4)
-    raw = np.frombuffer(secrets.token_bytes(n * ndig), dtype=np.uint8).reshape(ndig, n)
+    raw = np.frombuffer(rand(n * ndig), dtype=np.uint8).reshape(ndig, n)
     digits = (raw & np.uint8(15)).astype(np.uint64)
     top = bits - 4 * (ndig - 1)  # bits of the most significant digit
     digits[0] &= np.uint64((1 << top) - 1)
