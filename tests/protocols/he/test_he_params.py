@@ -100,13 +100,16 @@ def test_flood_residues_are_one_integer_in_range(beta, seed):
     stream = rng.integers(0, 256, 1 << 16, dtype=np.uint8).tobytes()
     r = sealio.flood_residues(8, beta, q, pw, rand=lambda k: stream[:k])
     # the same integer from the same random digits, in Python integers
-    ndig = -(-(beta + 1) // 4)
-    digits = np.frombuffer(stream[: 8 * ndig], dtype=np.uint8).reshape(ndig, 8) & 15
+    k = sealio.digit_bits(q)
+    assert k == 4  # a 60-bit prime leaves 4 bits of headroom
+    ndig = -(-(beta + 1) // k)
+    digits = np.frombuffer(stream[: 16 * ndig], dtype="<u2").reshape(ndig, 8) & ((1 << k) - 1)
     for j in range(8):
         u = 0
-        for k in range(ndig):
-            u = (u << 4) | int(digits[k, j])
+        for d in range(ndig):
+            u = (u << k) | int(digits[d, j])
         u &= (1 << (beta + 1)) - 1
         f = u - (1 << beta)
         assert -(1 << beta) <= f < (1 << beta)
         assert [int(r[i, j]) for i in range(3)] == [f % p for p in primes]
+    assert sealio.digit_bits(np.array(seal_primes(4096, (52, 50)), dtype=np.uint64)) == 12

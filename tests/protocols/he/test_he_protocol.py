@@ -306,3 +306,28 @@ def test_cost_needs_no_he(monkeypatch):
         for xs, ws, st_, pd in shapes:
             c = he.cost(LinearSig("conv2d", xs, ws, ell, (st_, st_), (pd, pd), key="x"), 4)
             assert c.offline_bits > 0 and c.online_bits == 0
+
+
+def test_prepared_weights_serve_several_inferences():
+    sig = LinearSig("conv2d", (1, 4, 5, 5), (6, 4, 3, 3), 20, (1, 1), (1, 1), key="p")
+    pl = plan(sig, 4)
+    g = torch.Generator().manual_seed(5)
+    w = _weights(g, sig.w_shape, 4, "mixed")
+    masks = [ring.uniform(g, sig.x_shape, 20) for _ in range(2)]
+
+    def f0(p):
+        keys = he.setup(p, [pl.params])
+        prep = he.PreparedWeights(sig, 4, w, keys)
+        other = LinearSig("conv2d", (1, 4, 5, 5), (6, 4, 3, 3), 21, (1, 1), (1, 1), key="p")
+        with pytest.raises(PrivQuantError, match="another layer"):
+            he.server(p, other, 4, prep, keys)
+        return [he.server(p, sig, 4, prep, keys) for _ in masks]
+
+    def f1(p):
+        keys = he.setup(p, [pl.params])
+        return [he.client(p, sig, 4, a, keys) for a in masks]
+
+    res = simulate(f0, f1, None, timeout=120)
+    for s, y, a in zip(res.results[0], res.results[1], masks):
+        assert torch.equal(ring.reduce(s + y, 20), ring_lin(sig, w, a))
+    assert not torch.equal(res.results[0][0], res.results[0][1])  # fresh masks S each time

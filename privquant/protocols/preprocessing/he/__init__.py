@@ -38,13 +38,14 @@ layer), plus dropping the low bits of the switched response (:mod:`.params`).
 
 from privquant.protocols.preprocessing.he.params import HeParams
 from privquant.protocols.preprocessing.he.plan import HePlan, cost, plan, setup_cost
-from privquant.protocols.preprocessing.he.protocol import client, server, setup
+from privquant.protocols.preprocessing.he.protocol import PreparedWeights, client, server, setup
 from privquant.protocols.preprocessing.he.sealio import ClientKeys, ServerKeys
 
 __all__ = [
     "ClientKeys",
     "HeParams",
     "HePlan",
+    "PreparedWeights",
     "ServerKeys",
     "client",
     "cost",

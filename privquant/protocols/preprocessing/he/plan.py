@@ -80,7 +80,8 @@ class HePlan:
         return Cost(offline_bits=self.bits)
 
 
-def _key(sig) -> tuple:
+def plan_key(sig) -> tuple:
+    """The public fields of ``sig`` a plan depends on (not the layer name)."""
     return (
         sig.kind,
         tuple(sig.x_shape),
@@ -96,7 +97,7 @@ def plan(sig, w_bits: int, sigma: int = SIGMA) -> HePlan:
     """The cheapest secure plan for layer ``sig`` with ``w_bits``-bit signed weights."""
     if not 1 <= int(w_bits) <= MAX_W_BITS:
         raise PrivQuantError(f"HE linear: weight bit width must be 1..{MAX_W_BITS}, got {w_bits}")
-    return _plan(_key(sig), int(w_bits), int(sigma))
+    return _plan(plan_key(sig), int(w_bits), int(sigma))
 
 
 class _Sig:

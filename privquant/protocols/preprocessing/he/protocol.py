@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from privquant.errors import PeerError, PrivQuantError
-from privquant.protocols.preprocessing.he.plan import PHASES, HePlan, plan
+from privquant.protocols.preprocessing.he.plan import PHASES, HePlan, plan, plan_key
 from privquant.protocols.preprocessing.he.sealio import (
     ClientKeys,
     ServerKeys,
@@ -157,30 +157,59 @@ def _expand(u: np.ndarray, d: int, q: np.uint64) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ server
-def server(
-    party: Party, sig, w_bits: int, w: torch.Tensor, keys: ServerKeys, phase: str = "offline"
-) -> torch.Tensor:
-    """P0: with weights ``w`` (shape ``sig.w_shape``, ``w_bits``-bit signed), return ``S``."""
-    _check_phase(phase)
-    pl = plan(sig, w_bits)
+class PreparedWeights:
+    """The server's weight plaintexts of one layer in NTT form, made once per model load and
+    reused by every :func:`server` call (saves the ``ncb * nob`` plaintext NTTs per inference;
+    memory ``ncb * nob * n * L * 8`` bytes)."""
+
+    def __init__(self, sig, w_bits: int, w: torch.Tensor, keys: ServerKeys):
+        pl = plan(sig, w_bits)
+        w = _checked_weights(sig, w_bits, w)
+        ctx, _ = keys.get(pl.params)
+        w_e = pl.geo.effective_weight(w.numpy())
+        self.sig_key, self.w_bits = plan_key(sig), w_bits
+        self.blocks = [weight_plaintexts(ctx, pl.layout, w_e, ob) for ob in range(pl.layout.nob)]
+
+
+def _checked_weights(sig, w_bits: int, w) -> torch.Tensor:
     w = torch.as_tensor(w)
     if tuple(w.shape) != tuple(sig.w_shape):
         raise PrivQuantError(f"HE linear {sig.key!r}: weight {tuple(w.shape)} != {sig.w_shape}")
     lo, hi = -(1 << (w_bits - 1)), (1 << (w_bits - 1)) - 1
     if w.numel() and (int(w.min()) < lo or int(w.max()) > hi):
         raise PrivQuantError(f"HE linear {sig.key!r}: weights outside the {w_bits}-bit range")
+    return w.to(torch.int64)
+
+
+def server(
+    party: Party,
+    sig,
+    w_bits: int,
+    w: torch.Tensor | PreparedWeights,
+    keys: ServerKeys,
+    phase: str = "offline",
+) -> torch.Tensor:
+    """P0: with weights ``w`` (shape ``sig.w_shape``, ``w_bits``-bit signed, or prepared once by
+    :class:`PreparedWeights`), serve P1's query and return P0's share ``S``."""
+    _check_phase(phase)
+    pl = plan(sig, w_bits)
     prm, lay, geo = pl.params, pl.layout, pl.geo
+    if isinstance(w, PreparedWeights):
+        if w.sig_key != plan_key(sig) or w.w_bits != w_bits:
+            raise PrivQuantError(f"HE linear {sig.key!r}: weights prepared for another layer")
+        blocks = w.blocks
+    else:
+        w_e = geo.effective_weight(_checked_weights(sig, w_bits, w).numpy())
+        blocks = None
     ctx, pk_enc = keys.get(prm)
     q_tag, r_tag = _tags(sig)
-
     cts = load_query(ctx, pl, party.recv_raw(CLIENT, pl.query_bytes, q_tag, phase=phase))
     s_e = np.frombuffer(secrets.token_bytes(8 * geo.n_out), dtype=np.uint64)
     s_e = (s_e & np.uint64(prm.t - 1)).view(np.int64).reshape(geo.batch, geo.m, geo.oh, geo.ow)
-    w_e = geo.effective_weight(w.to(torch.int64).numpy())
     c1_out = np.empty((geo.batch, lay.tiles, lay.nob, prm.n), dtype=np.uint64)
     c0_out = np.empty(geo.n_out, dtype=np.uint64)
     for ob in range(lay.nob):
-        kpt = weight_plaintexts(ctx, lay, w_e, ob)
+        kpt = blocks[ob] if blocks is not None else weight_plaintexts(ctx, lay, w_e, ob)
         for b in range(geo.batch):
             for tile in range(lay.tiles):
                 pos, (o, rr, cc) = lay.used(tile, ob)

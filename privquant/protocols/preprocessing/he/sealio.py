@@ -142,24 +142,34 @@ class Context:
         return self.ctx.from_cipher_str(self.ct_first.fill(data))
 
 
+def digit_bits(q: np.ndarray) -> int:
+    """Horner digit width for reducing mod primes ``q``: ``r * 2^k + digit < 2^64`` while
+    ``r < q``, i.e. ``k = 64 - max bitlen(q)`` (at most 16: digits are drawn as uint16)."""
+    return min(16, 64 - max(int(x).bit_length() for x in q))
+
+
 def flood_residues(
     n: int, beta: int, q: np.ndarray, pow_beta: np.ndarray, rand=secrets.token_bytes
 ) -> np.ndarray:
     """Residues mod each ``q_i`` of ``n`` integers ``u - 2^beta``, ``u`` uniform ``beta+1`` bits
-    from the OS CSPRNG. ``u mod q_i`` by Horner in 4-bit digits (``q_i < 2^60`` so the running
-    value times 16 plus a digit stays below ``2^64``)."""
+    from the OS CSPRNG: ``u``'s ``k``-bit digits (:func:`digit_bits`, most significant first)
+    are folded in by Horner's rule, ``r = (r * 2^k + digit) mod q_i``, all in uint64."""
+    k = digit_bits(q)
     bits = beta + 1
-    ndig = -(-bits // 4)
-    raw = np.frombuffer(rand(n * ndig), dtype=np.uint8).reshape(ndig, n)
-    digits = (raw & np.uint8(15)).astype(np.uint64)
-    top = bits - 4 * (ndig - 1)  # bits of the most significant digit
-    digits[0] &= np.uint64((1 << top) - 1)
+    ndig = -(-bits // k)
+    digits = np.frombuffer(rand(2 * n * ndig), dtype="<u2").reshape(ndig, n).astype(np.uint64)
+    digits &= np.uint64((1 << k) - 1)
+    digits[0] &= np.uint64((1 << (bits - k * (ndig - 1))) - 1)
     qq = q.reshape(-1, 1)
     r = np.zeros((q.size, n), dtype=np.uint64)
-    four = np.uint64(4)
-    for k in range(ndig):
-        r = ((r << four) | digits[k]) % qq
-    return (r + qq - pow_beta.reshape(-1, 1)) % qq
+    shift = np.uint64(k)
+    for d in digits:
+        r <<= shift
+        r |= d
+        r %= qq
+    r += qq - pow_beta.reshape(-1, 1)
+    r %= qq
+    return r
 
 
 def pack_residues(data: np.ndarray, widths: tuple[int, ...]) -> np.ndarray:
