@@ -3,6 +3,7 @@ views, the decryption-noise margin, hostile input."""
 
 import numpy as np
 import pytest
+import seal
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -164,13 +165,24 @@ def test_views_secret_key_never_sent_and_server_sees_only_ciphertexts():
     # the query P0 receives is n_in fresh encryptions of exactly the packed input, no plaintext
     query = next(m for _, m in logs[1] if len(m) == pl.query_bytes)
     ctx, _, dec = ckeys.get(pl.params)
-    data = sealio.unpack_residues(
-        np.frombuffer(query, np.uint8), (pl.layout.n_in, 2), pl.params.n, pl.params.data_primes, "q"
+    prm = pl.params
+    seed = bytes(query[: P.SEED_BYTES])
+    c0 = sealio.unpack_residues(
+        np.frombuffer(query[P.SEED_BYTES :], np.uint8),
+        (pl.layout.n_in,),
+        prm.n,
+        prm.data_primes,
+        "q",
     )
-    polys = pl.layout.input_polys(pl.geo.effective_input(a.numpy())).reshape(-1, pl.params.n)
+    polys = pl.layout.input_polys(pl.geo.effective_input(a.numpy())).reshape(-1, prm.n)
+    sk = ctx.ctx.from_secret_str(ckeys.secret_key_bytes(prm))
     for i in range(pl.layout.n_in):
-        pt = dec.decrypt(ctx.load(ctx.ct_first, data[i], "q"))
-        assert np.array_equal(ctx.coeffs(pt), polys[i].astype(np.uint64))
+        c1 = sealio.expand_uniform(seed, i, prm.data_primes, prm.n)
+        ct = ctx.load(ctx.ct_first, np.stack([c0[i], c1]), "q")
+        assert np.array_equal(ctx.coeffs(dec.decrypt(ct)), polys[i].astype(np.uint64))
+        # the noise of a fresh SEAL encryption: re-seeding adds no error
+        fresh = seal.Encryptor(ctx.ctx, sk).encrypt_symmetric(ctx.plaintext(polys[i]))
+        assert abs(dec.invariant_noise_budget(ct) - dec.invariant_noise_budget(fresh)) <= 1
     plain = he.sealio.packing.pack(polys[0], 16).numpy().tobytes()
     assert plain[:32] not in query
     # the server's only message is the response
@@ -255,9 +267,12 @@ def test_hostile_query_is_rejected():
     w = torch.zeros(sig.w_shape, dtype=torch.int64)
 
     def bad_client(p, keys):
-        data = np.zeros((pl.layout.n_in, 2, len(pl.params.data_primes), pl.params.n), np.uint64)
-        data[0, 1, 0, 0] = pl.params.data_primes[0]  # not reduced
-        p.send_raw(0, sealio.pack_residues(data, pl.params.data_widths), "he.query:h", "offline")
+        data = np.zeros((pl.layout.n_in, len(pl.params.data_primes), pl.params.n), np.uint64)
+        data[0, 0, 0] = pl.params.data_primes[0]  # not reduced
+        msg = np.concatenate(
+            [np.zeros(P.SEED_BYTES, np.uint8), sealio.pack_residues(data, pl.params.data_widths)]
+        )
+        p.send_raw(0, msg, "he.query:h", "offline")
 
     with pytest.raises(PeerError, match="not reduced"):
         _pair(sig, 4, lambda p, k: he.server(p, sig, 4, w, k), bad_client)

@@ -19,10 +19,11 @@ Library choice (checked on this machine, CPython 3.11 x86_64, ``pip install`` of
   uncompressed serialisation (:mod:`.sealio`); ``multiply_plain`` / ``sub_plain`` / ``add``, NTT
   forms, symmetric and public-key encryption, ``mod_switch_to``, ``invariant_noise_budget``;
   in-memory ``to_bytes`` / ``load_bytes`` with exact sizes. Missing: array access to
-  coefficients (worked around as above), seeded symmetric ciphertexts (SEAL's
-  ``Serializable<Ciphertext>`` is not bound, so a query ciphertext costs two polynomials instead
-  of one polynomial and a seed), and compressed serialisation (built without zstd/zlib --
-  irrelevant here: the protocol packs residues itself to exact widths).
+  coefficients (worked around as above), SEAL's seeded ``Serializable<Ciphertext>`` (worked
+  around by re-seeding the uniform part with SEAL's own NTT products, :func:`.sealio.reseed`, so
+  a query ciphertext still costs one polynomial plus a shared seed), and compressed
+  serialisation (built without zstd/zlib -- irrelevant: the protocol packs residues itself to
+  exact widths).
 * ``tenseal==0.3.18``: its ``sealapi`` binds SEAL too (incl. seeded ``Serializable``) but saves
   and loads only through file paths, reads coefficients one Python call at a time, and
   serialises seeded objects with its default zstd compression (data-dependent size); its

@@ -168,8 +168,9 @@ class HeParams:
 
     @property
     def query_ct_bits(self) -> int:
-        """One fresh ciphertext on the wire: ``2 n sum_i bitlen(q_i)`` (no seed compression)."""
-        return 2 * self.n * sum(self.data_widths)
+        """One fresh ciphertext on the wire: ``c0`` only, ``n sum_i bitlen(q_i)`` (its uniform
+        ``c1`` is expanded from the query's seed)."""
+        return self.n * sum(self.data_widths)
 
     @property
     def pk_bits(self) -> int:

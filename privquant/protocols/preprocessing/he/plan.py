@@ -7,7 +7,7 @@ width and the packing; it tries every ``n`` of :data:`~.params.RING_DEGREES` and
 
 Traffic of one layer (each party sends one message; ``send_raw`` counts 8 bits per byte)::
 
-    query    (P1 -> P0)  n_in  * 2 n sum_i bitlen(q_i) / 8             bytes
+    query    (P1 -> P0)  32 + n_in * n sum_i bitlen(q_i) / 8           bytes (seed, then c0s)
     response (P0 -> P1)  n_out * n b1 / 8  +  ceil(|y| b0 / 8)          bytes
     bits = 8 * (query + response);   rounds = 2 (P1 -> P0 -> P1)
 
@@ -35,6 +35,7 @@ from privquant.protocols.primitives import packing
 from privquant.protocols.primitives.cost import Cost
 
 PHASES = ("offline", "online")
+SEED_BYTES = 32  # the query's seed for the ciphertexts' uniform parts
 MAX_W_BITS = 16
 
 
@@ -56,7 +57,7 @@ class HePlan:
 
     @property
     def query_bytes(self) -> int:
-        return self.layout.n_in * self.params.query_ct_bits // 8
+        return SEED_BYTES + self.layout.n_in * self.params.query_ct_bits // 8
 
     @property
     def response_c1_bytes(self) -> int:

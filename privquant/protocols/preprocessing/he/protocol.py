@@ -13,7 +13,8 @@ Setup, once per session and SEAL context (:func:`setup`):
      (P1's secret key never leaves :class:`~.sealio.ClientKeys`.)
 Per layer (:func:`client`, :func:`server`), with the plan of :mod:`.plan`:
   1. P1 packs ``A`` into ``n_in`` polynomials (:mod:`.layout`), encrypts each under its own secret
-     key (symmetric BFV: ``(round(Q m / t) - a s - e, a)``) and sends them.
+     key (symmetric BFV: ``(round(Q m / t) + e - a s, a)``) with ``a`` expanded from a fresh
+     seed (:func:`~.sealio.reseed`), and sends the seed and the ``c0`` parts.
   2. P0 packs ``W`` into weight polynomials and, per response, computes
      ``ct = sum_cb Enc(A_cb) * K_cb`` (plaintext products in NTT form), ``ct -= S`` (``S`` fresh
      uniform in ``Z_{2^ell}`` at the used coefficients, 0 elsewhere), ``ct += Enc_pk(0)``
@@ -32,7 +33,7 @@ noise. All the noise that depends on ``W`` or on ``u`` is flooded: it is statist
 ``2^-sigma`` of the flood alone. Switching and truncation are public post-processing. The
 decrypted values are masked by the uniform ``S``. So P1's view is simulatable from its output.
 
-Cost: :func:`~.plan.cost` (query ``n_in * 2 n sum bitlen(q_i)`` bits, response
+Cost: :func:`~.plan.cost` (query ``256 + n_in * n sum bitlen(q_i)`` bits, response
 ``n_out * n * b1 + |y| * b0`` bits rounded to bytes, 2 rounds); setup ``2 n sum bitlen`` per key.
 
 Why SEAL through ``seal-python`` (see also the package docstring): it is the only maintained
@@ -47,12 +48,13 @@ import secrets
 import numpy as np
 import torch
 
-from privquant.errors import PeerError, PrivQuantError
-from privquant.protocols.preprocessing.he.plan import PHASES, HePlan, plan, plan_key
+from privquant.errors import PrivQuantError
+from privquant.protocols.preprocessing.he.plan import PHASES, SEED_BYTES, HePlan, plan, plan_key
 from privquant.protocols.preprocessing.he.sealio import (
     ClientKeys,
     ServerKeys,
     context_key,
+    expand_uniform,
     pack_residues,
     unpack_residues,
 )
@@ -115,13 +117,15 @@ def client(
 
 
 def encrypt_query(ctx, enc, pl: HePlan, a: torch.Tensor) -> np.ndarray:
-    """P1's query: the packed input polynomials, each encrypted under the secret key."""
+    """P1's query: a fresh 32-byte seed, then the ``c0`` of each packed input polynomial
+    encrypted under the secret key with uniform part ``expand_uniform(seed, i)``."""
     prm = pl.params
     polys = pl.layout.input_polys(pl.geo.effective_input(a.numpy())).reshape(-1, prm.n)
-    data = np.empty((polys.shape[0], 2, len(prm.data_primes), prm.n), dtype=np.uint64)
+    seed = secrets.token_bytes(SEED_BYTES)
+    c0 = np.empty((polys.shape[0], len(prm.data_primes), prm.n), dtype=np.uint64)
     for i, poly in enumerate(polys):
-        data[i] = ctx.ct_data(enc.encrypt_symmetric(ctx.plaintext(poly)))
-    return pack_residues(data, prm.data_widths)
+        c0[i] = enc.encrypt(poly, seed, i)
+    return np.concatenate([np.frombuffer(seed, np.uint8), pack_residues(c0, prm.data_widths)])
 
 
 def _decrypt_response(pl: HePlan, ctx, dec, buf: np.ndarray) -> torch.Tensor:
@@ -234,12 +238,12 @@ def server(
 def load_query(ctx, pl: HePlan, buf: np.ndarray) -> list:
     """P1's query as SEAL ciphertexts in NTT form (PeerError on anything malformed)."""
     prm, lay = pl.params, pl.layout
-    data = unpack_residues(buf, (lay.n_in, 2), prm.n, prm.data_primes, "HE query")
+    seed = bytes(buf[:SEED_BYTES])
+    c0 = unpack_residues(buf[SEED_BYTES:], (lay.n_in,), prm.n, prm.data_primes, "HE query")
     cts = []
     for i in range(lay.n_in):
-        ct = ctx.load(ctx.ct_first, data[i], "HE query ciphertext")
-        if ct.is_ntt_form() or ct.coeff_modulus_size() != len(prm.data_primes):
-            raise PeerError("HE query ciphertext at the wrong level or form")
+        c1 = expand_uniform(seed, i, prm.data_primes, prm.n)
+        ct = ctx.load(ctx.ct_first, np.stack([c0[i], c1]), "HE query ciphertext")
         ctx.evaluator.transform_to_ntt_inplace(ct)
         cts.append(ct)
     return cts

@@ -15,8 +15,17 @@ residues, polynomial-major then prime-major then coefficient). So:
   validates it (``is_valid_for``: sizes, ``parms_id``, every residue ``< q_i``) and rejects
   anything malformed, which this module turns into :class:`PeerError` for peer data.
 
-No arithmetic on ciphertexts happens here except adding the flooding polynomial, which is itself
-loaded into SEAL as a ciphertext ``(f, 0)`` and added by SEAL.
+Seeded query ciphertexts (:func:`reseed`, :func:`expand_uniform`): SEAL makes a symmetric
+encryption ``(c0, a') = (round(Q m / t) + e - a' s, a')`` with its own random ``a'``, which the
+binding can only serialise in full. The client replaces ``a'`` by ``a = SHAKE-256(seed, i)``
+(uniform mod each ``q_i`` by rejection sampling) and ``c0`` by ``c0 + (a' - a) s``; the product
+is computed by SEAL (NTT, dyadic product with the secret key's NTT form, inverse NTT), only the
+final addition mod ``q_i`` in numpy. The result ``(round(Q m/t) + e - a s, a)`` is exactly a
+symmetric encryption with uniform part ``a`` and SEAL's fresh error ``e``; sending the seed
+instead of ``a`` is SEAL's and Cheetah's own seeded-ciphertext compression.
+
+Besides that addition, the only arithmetic outside SEAL is sampling the flooding polynomial,
+which is loaded into SEAL as a ciphertext ``(f, 0)`` and added by SEAL.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import numpy as np
 from privquant.errors import PeerError, PrivQuantError
 from privquant.protocols.preprocessing.he.params import HeParams
 from privquant.protocols.primitives import packing
+from privquant.protocols.primitives.prg import Prg
 
 SEAL_MAGIC = 0xA15E
 _HDR = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr_mode, reserved, size
@@ -106,6 +116,8 @@ class Context:
         self.ct_last = Template(ct.to_string(self.none), 2 * n, "ciphertext")
         self.pk = Template(kg.create_public_key().to_string(), 2 * (L + 1) * n, "public key")
         self.plain = Template(seal.Plaintext(n).to_bytes(self.none), n, "plaintext")
+        ptn = self.evaluator.transform_to_ntt(seal.Plaintext(n), self.first)
+        self.plain_ntt = Template(ptn.to_bytes(self.none), L * n, "NTT plaintext")
         self._pow_beta = np.array([pow(2, params.beta, q) for q in params.data_primes], np.uint64)
 
     # -- plaintexts
@@ -140,6 +152,41 @@ class Context:
         data = np.zeros((2, self.q.size, self.params.n), dtype=np.uint64)
         data[0] = f
         return self.ctx.from_cipher_str(self.ct_first.fill(data))
+
+
+SEED_BYTES = 32
+
+
+def expand_uniform(seed: bytes, index: int, primes: tuple[int, ...], n: int) -> np.ndarray:
+    """(L, n) residues, uniform mod each prime, from SHAKE-256(seed || index || prime index):
+    64-bit words cut to ``bitlen(q)`` bits, kept when ``< q`` (rejection sampling)."""
+    out = np.empty((len(primes), n), dtype=np.uint64)
+    for j, q in enumerate(primes):
+        g = Prg(bytes(seed) + index.to_bytes(8, "little") + j.to_bytes(2, "little"))
+        mask, qq = np.uint64((1 << q.bit_length()) - 1), np.uint64(q)
+        got, have = [], 0
+        while have < n:
+            w = np.frombuffer(g.bytes(8 * (n - have) + 64), dtype="<u8") & mask
+            w = w[w < qq]
+            got.append(w)
+            have += w.size
+        out[j] = np.concatenate(got)[:n]
+    return out
+
+
+def reseed(ctx: Context, ct, s_ntt, a: np.ndarray) -> np.ndarray:
+    """``c0 + (a' - a) s mod q_i`` for a fresh symmetric ciphertext ``ct = (c0, a')``: the
+    ``c0`` of the same encryption with uniform part ``a`` (module docstring)."""
+    d = ctx.ct_data(ct)
+    q = ctx.q.reshape(-1, 1)
+    z = np.zeros_like(d)
+    z[1] = (d[1] + (q - a)) % q
+    x = ctx.ctx.from_cipher_str(ctx.ct_first.fill(z))  # (0, a' - a): not transparent
+    ev = ctx.evaluator
+    ev.transform_to_ntt_inplace(x)
+    ev.multiply_plain_inplace(x, s_ntt)
+    ev.transform_from_ntt_inplace(x)
+    return (d[0] + ctx.ct_data(x)[1]) % q
 
 
 def digit_bits(q: np.ndarray) -> int:
@@ -221,20 +268,36 @@ class ClientKeys:
         pk = kg.create_public_key()
         enc = seal.Encryptor(ctx.ctx, sk)
         dec = seal.Decryptor(ctx.ctx, sk)
-        self._by_ctx[context_key(params)] = (ctx, enc, dec, sk)
+        L = len(params.data_primes)
+        s_all = _data_view(sk.to_string(), (L + 1) * params.n, "secret key")
+        s_ntt = ctx.ctx.from_plain_str(ctx.plain_ntt.fill(s_all[: L * params.n]))
+        self._by_ctx[context_key(params)] = (ctx, enc, dec, sk, s_ntt)
         data = _data_view(pk.to_string(), ctx.pk.count, "public key").reshape(2, -1, params.n)
         return pack_residues(data, params.key_widths)
 
     def get(self, params: HeParams):
         try:
-            ctx, enc, dec, _ = self._by_ctx[context_key(params)]
+            ctx, enc, dec, _, s_ntt = self._by_ctx[context_key(params)]
         except KeyError:
             raise PrivQuantError(f"no HE key for {params} (run the HE setup first)") from None
-        return ctx, enc, dec
+        return ctx, _Encryptor(ctx, enc, s_ntt), dec
 
     def secret_key_bytes(self, params: HeParams) -> bytes:
         """The serialised secret key, for tests that check it never goes on the wire."""
         return self._by_ctx[context_key(params)][3].to_string()
+
+
+class _Encryptor:
+    """Seeded symmetric encryption: ``encrypt(coeffs, seed, i) -> c0`` (residues (L, n)); the
+    uniform part is :func:`expand_uniform` ``(seed, i)``."""
+
+    def __init__(self, ctx: Context, enc, s_ntt):
+        self._ctx, self._enc, self._s = ctx, enc, s_ntt
+
+    def encrypt(self, coeffs: np.ndarray, seed: bytes, index: int) -> np.ndarray:
+        ctx, prm = self._ctx, self._ctx.params
+        ct = self._enc.encrypt_symmetric(ctx.plaintext(coeffs))
+        return reseed(ctx, ct, self._s, expand_uniform(seed, index, prm.data_primes, prm.n))
 
 
 class ServerKeys:
