@@ -147,6 +147,7 @@ def worker(ells: list[int], w_bits: int) -> list[dict]:
                     pk_bits=pl.params.pk_bits,
                     ot_bits=ot_bits(sig, w_bits),
                     **measure(sig, w_bits),
+                    load=os.getloadavg()[0],
                 )
             )
             print(f"{name} ell={ell}: {rows[-1]['wall']:.2f} s", file=sys.stderr, flush=True)
@@ -175,6 +176,11 @@ def _shape(geo: dict) -> str:
     return f"{w[1]}->{w[0]} {w[2]}x{w[3]} s{geo['stride'][0]} @{x[2]}x{x[3]}"
 
 
+def _load(rows: list[dict]) -> str:
+    vals = [r["load"] for r in rows]
+    return f"{min(vals):.1f}-{max(vals):.1f}"
+
+
 def render(one: list[dict], dflt: list[dict], ells, w_bits: int) -> str:
     mb = 1e6
     lines = [
@@ -188,7 +194,9 @@ def render(one: list[dict], dflt: list[dict], ells, w_bits: int) -> str:
         "single-threaded); P0 with its weight plaintexts prepared once per model load "
         "(`prep s`, not per inference). wall s = end-to-end time of the layer, measured with "
         "`OMP_NUM_THREADS=1` and with the default threads (separate runs). The machine's 2 cores "
-        "were shared with other jobs: wall times are upper bounds. OT = the same layer by OT "
+        "were shared with other jobs (1-minute load average during the runs: "
+        f"{_load(one)}; {_load(dflt)}): wall times are upper bounds, CPU times are the "
+        "reliable figure. OT = the same layer by OT "
         "with the weights as choice bits: sum_{j<b_w} |W| M (ell - j) + 128 |W| b_w bits.",
         "",
         "| layer | shape | x | ell | n | primes (bits) | cts in/out | P1->P0 MB | P0->P1 MB "

@@ -113,3 +113,20 @@ def test_flood_residues_are_one_integer_in_range(beta, seed):
         assert -(1 << beta) <= f < (1 << beta)
         assert [int(r[i, j]) for i in range(3)] == [f % p for p in primes]
     assert sealio.digit_bits(np.array(seal_primes(4096, (52, 50)), dtype=np.uint64)) == 12
+
+
+def test_context_flood_uses_the_requested_width():
+    """The flood's width comes from the layer's plan (contexts are shared across widths)."""
+    prm = choose_params(4096, 16, 1000, 100)
+    ctx = sealio.Context(prm)
+    q1, q2 = prm.data_primes
+    inv = pow(q1, -1, q2)
+    for beta in (5, 40, prm.beta):
+        d = ctx.ct_data(ctx.flood(beta))
+        assert not d[1].any()
+        xs = []
+        for r1, r2 in zip(d[0, 0].tolist(), d[0, 1].tolist()):
+            x = r1 + q1 * (((r2 - r1) * inv) % q2)  # CRT
+            xs.append(x - q1 * q2 if x >= (q1 * q2) // 2 else x)
+        assert min(xs) >= -(1 << beta) and max(xs) < (1 << beta)
+        assert max(abs(x) for x in xs) >= 1 << (beta - 3)

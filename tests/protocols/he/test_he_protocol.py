@@ -223,7 +223,8 @@ def test_decryption_noise_margin_at_worst_case_weights():
         for tile in range(lay.tiles):
             spoly = rng.integers(0, t, prm.n)
             terms = [(cts[tile * lay.ncb + cb], k) for cb, k in kpt.items()]
-            ct = cctx.ctx.from_cipher_str(P.respond(sctx, pk_enc, terms, spoly).to_string())
+            resp = P.respond(sctx, pk_enc, terms, spoly, prm.beta)
+            ct = cctx.ctx.from_cipher_str(resp.to_string())
             assert 3 <= dec.invariant_noise_budget(ct) <= 6
             d = cctx.ct_data(ct)
             c0 = P._expand(d[0, 0] >> np.uint64(prm.d0), prm.d0, q1)

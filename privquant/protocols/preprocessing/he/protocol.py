@@ -220,7 +220,8 @@ def server(
                 base = (b * lay.tiles + tile) * lay.ncb
                 spoly = np.zeros(prm.n, dtype=np.int64)
                 spoly[pos] = s_e[b, o, rr, cc]
-                ct = respond(ctx, pk_enc, [(cts[base + cb], k) for cb, k in kpt.items()], spoly)
+                terms = [(cts[base + cb], k) for cb, k in kpt.items()]
+                ct = respond(ctx, pk_enc, terms, spoly, prm.beta)
                 d = ctx.ct_data(ct)
                 c1_out[b, tile, ob] = d[1, 0] >> np.uint64(prm.d1)
                 k = lay.c0_offset(b, tile, ob)
@@ -256,8 +257,9 @@ def weight_plaintexts(ctx, lay, w_e: np.ndarray, ob: int) -> dict:
     return {cb: ctx.evaluator.transform_to_ntt(ctx.plaintext(polys[cb]), ctx.first) for cb in live}
 
 
-def respond(ctx, pk_enc, terms, spoly: np.ndarray):
-    """One response before compression: ``sum ct*K - S + Enc_pk(0) + (f, 0)``, switched to q_1."""
+def respond(ctx, pk_enc, terms, spoly: np.ndarray, beta: int):
+    """One response before compression: ``sum ct*K - S + Enc_pk(0) + (f, 0)``, switched to q_1,
+    with the flood ``f`` uniform on ``[-2^beta, 2^beta)``."""
     ev = ctx.evaluator
     acc = None
     for ct, k in terms:
@@ -269,6 +271,6 @@ def respond(ctx, pk_enc, terms, spoly: np.ndarray):
     ev.transform_from_ntt_inplace(acc)
     ev.sub_plain_inplace(acc, ctx.plaintext(spoly))
     ev.add_inplace(acc, pk_enc.encrypt_zero())
-    ev.add_inplace(acc, ctx.flood())
+    ev.add_inplace(acc, ctx.flood(beta))
     ev.mod_switch_to_inplace(acc, ctx.last)
     return acc

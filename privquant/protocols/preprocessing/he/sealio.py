@@ -86,7 +86,8 @@ class Template:
 
 
 class Context:
-    """One SEAL BFV context for a parameter set (each party makes its own)."""
+    """One SEAL BFV context (each party makes its own). It depends on ``params``' ring degree,
+    plaintext modulus and primes only (:func:`context_key`), never on its flood width."""
 
     def __init__(self, params: HeParams):
         seal = _seal()
@@ -118,7 +119,6 @@ class Context:
         self.plain = Template(seal.Plaintext(n).to_bytes(self.none), n, "plaintext")
         ptn = self.evaluator.transform_to_ntt(seal.Plaintext(n), self.first)
         self.plain_ntt = Template(ptn.to_bytes(self.none), L * n, "NTT plaintext")
-        self._pow_beta = np.array([pow(2, params.beta, q) for q in params.data_primes], np.uint64)
 
     # -- plaintexts
     def plaintext(self, coeffs: np.ndarray):
@@ -146,9 +146,11 @@ class Context:
         except (RuntimeError, ValueError) as e:
             raise PeerError(f"invalid {what} from the peer: {e}") from None
 
-    def flood(self):
-        """A ciphertext ``(f, 0)``, ``f`` uniform on ``[-2^beta, 2^beta)`` per coefficient."""
-        f = flood_residues(self.params.n, self.params.beta, self.q, self._pow_beta)
+    def flood(self, beta: int):
+        """A ciphertext ``(f, 0)``, ``f`` uniform on ``[-2^beta, 2^beta)`` per coefficient
+        (``beta`` from the layer's plan: parameter sets sharing a context may differ in it)."""
+        pow_beta = np.array([pow(2, beta, int(q)) for q in self.q], dtype=np.uint64)
+        f = flood_residues(self.params.n, beta, self.q, pow_beta)
         data = np.zeros((2, self.q.size, self.params.n), dtype=np.uint64)
         data[0] = f
         return self.ctx.from_cipher_str(self.ct_first.fill(data))
