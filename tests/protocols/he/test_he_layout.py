@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from privquant.errors import PrivQuantError
 from privquant.protocols.linear import LinearSig, ring_lin
 from privquant.protocols.preprocessing.he.layout import Geometry, Layout, best_layout
 
@@ -118,3 +119,18 @@ def test_best_layout_minimises_the_declared_cost():
                         v = L.n_in * q + L.n_resp * r
                         best = v if best is None else min(best, v)
     assert c == best
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [
+        LinearSig("conv2d", (1, 4, 5, 5), (6, 3, 3, 3), 8, groups=2),  # C/groups mismatch
+        LinearSig("conv2d", (1, 4, 5, 5), (5, 2, 3, 3), 8, groups=2),  # M not divisible
+        LinearSig("conv2d", (1, 4, 2, 2), (4, 4, 3, 3), 8),  # empty output
+        LinearSig("linear", (1, 4), (3, 5), 8),
+        LinearSig("matmul", (1, 4), (3, 4), 8),
+    ],
+)
+def test_bad_geometry_is_refused(sig):
+    with pytest.raises(PrivQuantError):
+        Geometry.of(sig)

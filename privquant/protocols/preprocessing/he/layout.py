@@ -47,6 +47,7 @@ from functools import cache, cached_property
 
 import numpy as np
 
+from privquant.errors import PrivQuantError
 from privquant.program import conv_out_hw
 
 
@@ -72,15 +73,29 @@ class Geometry:
 
     @staticmethod
     def of(sig) -> Geometry:
+        """From a ``LinearSig``-like object; raises PrivQuantError on an impossible geometry."""
+        what = f"HE linear layer {getattr(sig, 'key', '')!r}"
         if sig.kind == "linear":
+            if len(sig.x_shape) != 2 or len(sig.w_shape) != 2 or sig.x_shape[1] != sig.w_shape[1]:
+                raise PrivQuantError(f"{what}: shapes {sig.x_shape} x {sig.w_shape}")
             b, k = sig.x_shape
             o = sig.w_shape[0]
-            return Geometry(1, k, o, 1, 1, 1, 1, 1, 0, 0, b, 1, b, 1, linear=True)
-        b, c, h, w = sig.x_shape
-        m, _, kh, kw = sig.w_shape
-        (sh, sw), (ph, pw) = sig.stride, sig.padding
-        oh, ow = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
-        return Geometry(b, c, m, sig.groups, kh, kw, sh, sw, ph, pw, h, w, oh, ow)
+            geo = Geometry(1, k, o, 1, 1, 1, 1, 1, 0, 0, b, 1, b, 1, linear=True)
+        elif sig.kind == "conv2d":
+            if len(sig.x_shape) != 4 or len(sig.w_shape) != 4:
+                raise PrivQuantError(f"{what}: shapes {sig.x_shape} x {sig.w_shape}")
+            b, c, h, w = sig.x_shape
+            m, cg, kh, kw = sig.w_shape
+            (sh, sw), (ph, pw), g = sig.stride, sig.padding, sig.groups
+            if g < 1 or c % g or m % g or cg != c // g or min(sh, sw) < 1 or min(ph, pw) < 0:
+                raise PrivQuantError(f"{what}: inconsistent groups, stride or padding")
+            oh, ow = conv_out_hw(h, w, (kh, kw), (sh, sw), (ph, pw))
+            geo = Geometry(b, c, m, g, kh, kw, sh, sw, ph, pw, h, w, oh, ow)
+        else:
+            raise PrivQuantError(f"{what}: kind {sig.kind!r} is not conv2d or linear")
+        if min(geo.batch, geo.c, geo.m, geo.kh, geo.kw, geo.oh, geo.ow) < 1:
+            raise PrivQuantError(f"{what}: empty input, weight or output")
+        return geo
 
     @property
     def ph_live(self) -> int:
