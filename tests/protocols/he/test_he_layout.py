@@ -102,21 +102,33 @@ def test_layout_must_fit_the_ring():
         Layout(geo, 64, 8, 8, 1, 1)  # a 10x10 window does not fit 64 coefficients
 
 
-def test_best_layout_minimises_the_declared_cost():
-    geo = Geometry.of(LinearSig("conv2d", (1, 16, 6, 6), (8, 16, 3, 3), 8, (1, 1), (1, 1)))
-    n, q, r = 256, 1000, 300
-    lay, c = best_layout(geo, n, lambda mw: q, r)
-    assert c == lay.n_in * q + lay.n_resp * r
-    # brute force over every layout that fits
-    best = None
-    for th in range(1, 7):
-        for tw in range(1, 7):
-            win = (th + 2) * (tw + 2)
-            for cw in range(1, 17):
-                for mw in range(1, 9):
-                    if mw * cw * win <= n:
+@pytest.mark.parametrize(
+    "sig",
+    [
+        LinearSig("conv2d", (1, 16, 6, 6), (8, 16, 3, 3), 8, (1, 1), (1, 1)),
+        LinearSig("conv2d", (2, 6, 7, 5), (6, 3, 3, 2), 8, (2, 1), (1, 0), groups=2),
+        LinearSig("conv2d", (1, 8, 6, 6), (8, 1, 3, 3), 8, (1, 1), (1, 1), groups=8),
+        LinearSig("linear", (3, 40), (12, 40), 8),
+    ],
+)
+def test_best_layout_minimises_the_declared_cost(sig):
+    geo = Geometry.of(sig)
+    n, r = 256, 300
+
+    def q(mw):  # nondecreasing in M_w, infeasible above a bound (as the noise makes it)
+        return None if mw > 5 else 1000 + 37 * mw
+
+    lay, c = best_layout(geo, n, q, r)
+    assert c == lay.n_in * q(lay.mw) + lay.n_resp * r
+    best = None  # brute force over every layout that fits
+    for th in range(1, geo.oh + 1):
+        for tw in range(1, geo.ow + 1):
+            win = (th + geo.khe - 1) * (tw + geo.kwe - 1)
+            for cw in range(1, geo.ce + 1):
+                for mw in range(1, geo.m + 1):
+                    if mw * cw * win <= n and q(mw) is not None:
                         L = Layout(geo, n, th, tw, cw, mw)
-                        v = L.n_in * q + L.n_resp * r
+                        v = L.n_in * q(mw) + L.n_resp * r
                         best = v if best is None else min(best, v)
     assert c == best
 

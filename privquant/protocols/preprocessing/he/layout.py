@@ -354,9 +354,19 @@ def _block_sizes(total: int) -> np.ndarray:
     return np.array(sorted({-(-total // r) for r in range(1, total + 1)}), dtype=np.int64)
 
 
-def _block_options(total: int, cap: int) -> np.ndarray:
-    s = _block_sizes(total)
-    return s[: np.searchsorted(s, cap, side="right")]
+@cache
+def _tile_shapes(geo: Geometry, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (TH, TW) worth trying whose window fits the ring: (th, tw, cap, tiles) arrays with
+    ``cap = n // (H_w W_w)`` and ``tiles = B * ceil(OH/TH) * ceil(OW/TW)``."""
+    th, tw = np.meshgrid(
+        np.array(_tile_options(geo.oh)), np.array(_tile_options(geo.ow)), indexing="ij"
+    )
+    th, tw = th.reshape(-1), tw.reshape(-1)
+    cap = n // ((th + geo.khe - 1) * (tw + geo.kwe - 1))
+    keep = cap >= 1
+    th, tw, cap = th[keep], tw[keep], cap[keep]
+    tiles = geo.batch * (-(-geo.oh // th)) * (-(-geo.ow // tw))
+    return th, tw, cap, tiles
 
 
 def best_layout(
@@ -364,35 +374,33 @@ def best_layout(
 ) -> tuple[Layout, int] | None:
     """The layout at ring degree ``n`` minimising ``n_in * query_bits(M_w) + n_resp * resp_bits``
     (``query_bits_of_mw(mw)`` returns ``None`` when no secure parameters exist for that ``M_w``).
-    Returns (layout, that cost) or None. Deterministic (first minimum in a fixed order)."""
-    best = None
-    cache: dict[int, int | None] = {}
-    for th in _tile_options(geo.oh):
-        hw = th + geo.khe - 1
-        for tw in _tile_options(geo.ow):
-            ww = tw + geo.kwe - 1
-            cap = n // (hw * ww)
-            if cap < 1:
-                continue
-            tiles = geo.batch * -(-geo.oh // th) * -(-geo.ow // tw)
-            cws = _block_options(geo.ce, cap)
-            mws = _block_options(geo.m, cap)
-            if cws.size == 0 or mws.size == 0:
-                continue
-            for mw in mws.tolist():
-                if mw not in cache:
-                    cache[mw] = query_bits_of_mw(mw)
-            qb = np.array([cache[mw] if cache[mw] is not None else -1 for mw in mws.tolist()])
-            ok = (cws[:, None] * mws[None, :] <= cap) & (qb[None, :] >= 0)
-            if not ok.any():
-                continue
-            ncb = -(-geo.ce // cws)
-            nob = -(-geo.m // mws)
-            cost = tiles * (ncb[:, None] * qb[None, :] + nob[None, :] * resp_bits)
-            cost = np.where(ok, cost, np.iinfo(np.int64).max)
-            k = int(np.argmin(cost))
-            i, j = divmod(k, mws.size)
-            c = int(cost[i, j])
-            if best is None or c < best[1]:
-                best = (Layout(geo, n, th, tw, int(cws[i]), int(mws[j])), c)
-    return best
+    Returns (layout, that cost) or None. For a tile shape and ``M_w`` the largest ``C_w`` that
+    fits is never worse (fewer query ciphertexts, same responses), so only the tile shapes
+    (smallest tile for each tile count) and the ``M_w`` (smallest block for each block count)
+    are searched, all at once; ``C_w`` is then the smallest block with that block count. Exact
+    because ``query_bits_of_mw`` is nondecreasing in ``M_w`` and its feasible set is
+    downward-closed (the noise bound grows with ``M_w``). Deterministic: the first minimum in
+    (TH, TW, M_w) order."""
+    th, tw, cap, tiles = _tile_shapes(geo, n)
+    if th.size == 0:
+        return None
+    mws = _block_sizes(geo.m)
+    mws = mws[mws <= int(cap.max())]
+    qb = np.array([query_bits_of_mw(int(mw)) or -1 for mw in mws], dtype=np.int64)
+    ok_mw = qb > 0
+    if not ok_mw.any():
+        return None
+    mws, qb = mws[ok_mw], qb[ok_mw]
+    cwmax = np.minimum(geo.ce, cap[:, None] // mws[None, :])
+    fits = cwmax >= 1
+    ncb = -(-geo.ce // np.maximum(cwmax, 1))
+    nob = -(-geo.m // mws)
+    cost = tiles[:, None] * (ncb * qb[None, :] + nob[None, :] * resp_bits)
+    cost = np.where(fits, cost, np.iinfo(np.int64).max)
+    k = int(np.argmin(cost))
+    if not fits.reshape(-1)[k]:
+        return None
+    i, j = divmod(k, mws.size)
+    cw = -(-geo.ce // int(ncb[i, j]))
+    lay = Layout(geo, n, int(th[i]), int(tw[i]), cw, int(mws[j]))
+    return lay, int(cost[i, j])
