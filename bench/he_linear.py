@@ -16,7 +16,8 @@ measured bytes against ``cost()``, and reports:
   ``sum_{j < b_w} |W| * M * (ell - j) + 128 * |W| * b_w`` bits, ``M`` = output positions per
   weight (``B * OH * OW``, the batch for linear).
 
-Usage: ``python bench/he_linear.py [--ells 16,20,24] [--w-bits 4] [--out bench/he_linear.md]``.
+Usage: ``python bench/he_linear.py [--ells 16,20,24] [--w-bits 4] [--out bench/he_linear.md]
+[--save rows.json] [--from-json rows.json]``.
 """
 
 from __future__ import annotations
@@ -204,7 +205,7 @@ def render(one: list[dict], dflt: list[dict], ells, w_bits: int) -> str:
         "| OT MB | OT/HE |",
         "|" + "---|" * 19,
     ]
-    tot = {ell: [0.0, 0.0, 0.0, 0.0, 0.0, set()] for ell in ells}
+    tot = {ell: [0.0, 0.0, 0.0, 0.0, 0.0, set(), 0.0] for ell in ells}
     for r, d in zip(one, dflt):
         he_mb = r["declared_bits"] / 8 / mb
         lines.append(
@@ -220,7 +221,8 @@ def render(one: list[dict], dflt: list[dict], ells, w_bits: int) -> str:
         t = tot[r["ell"]]
         t[0] += r["count"] * he_mb
         t[1] += r["count"] * r["ot_bits"] / 8 / mb
-        t[2] += r["count"] * (r["p0"] + r["p0_prep"])
+        t[2] += r["count"] * r["p0"]
+        t[6] += r["count"] * r["p0_prep"]
         t[3] += r["count"] * r["p1"]
         t[4] += r["count"] * r["wall"]
         t[5].add((r["n"], tuple(r["bits"]), r["pk_bits"]))
@@ -230,16 +232,16 @@ def render(one: list[dict], dflt: list[dict], ells, w_bits: int) -> str:
         "inference; setup = the client's public keys, once per session (one per distinct "
         "SEAL context):",
         "",
-        "| ell | HE MB | OT MB | OT/HE | P0 CPU s (incl. prep) | P1 CPU s | wall s 1thr "
+        "| ell | HE MB | OT MB | OT/HE | P0 CPU s | P0 prep s (once) | P1 CPU s | wall s 1thr "
         "| setup MB |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for ell in ells:
         t = tot[ell]
         setup = sum(k[2] for k in t[5]) / 8 / mb
         lines.append(
-            f"| {ell} | {t[0]:.1f} | {t[1]:.0f} | {t[1] / t[0]:.0f} | {t[2]:.1f} | {t[3]:.1f} "
-            f"| {t[4]:.1f} | {setup:.2f} |"
+            f"| {ell} | {t[0]:.1f} | {t[1]:.0f} | {t[1] / t[0]:.0f} | {t[2]:.1f} | {t[6]:.1f} "
+            f"| {t[3]:.1f} | {t[4]:.1f} | {setup:.2f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -250,14 +252,22 @@ def main() -> None:
     ap.add_argument("--w-bits", type=int, default=4)
     ap.add_argument("--out", default=str(Path(__file__).with_name("he_linear.md")))
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
+    ap.add_argument("--save", help="also write the measured rows to this JSON file")
+    ap.add_argument("--from-json", help="re-render the markdown from a --save file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     ells = [int(e) for e in args.ells.split(",")]
     if args.worker:
         print(json.dumps(worker(ells, args.w_bits)))
         return
-    one = _run_worker(ells, args.w_bits, "1")
-    dflt = _run_worker(ells, args.w_bits, None)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        one, dflt = saved["one_thread"], saved["default_threads"]
+    else:
+        one = _run_worker(ells, args.w_bits, "1")
+        dflt = _run_worker(ells, args.w_bits, None)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"one_thread": one, "default_threads": dflt}))
     text = render(one, dflt, ells, args.w_bits)
     Path(args.out).write_text(text)
     if args.json:
