@@ -30,8 +30,11 @@ only RLWE ciphertexts under P1's key and P1's public key. P1 sees, per response,
 re-randomisation -- ``a K + (p_1 u + e_2)``, pseudorandom under RLWE with the server's secret
 ternary ``u`` -- and ``c0`` at the used coefficients, whose decryption is ``lin(W, A) - S`` plus
 noise. All the noise that depends on ``W`` or on ``u`` is flooded: it is statistically within
-``2^-sigma`` of the flood alone. Switching and truncation are public post-processing. The
-decrypted values are masked by the uniform ``S``. So P1's view is simulatable from its output.
+``2^-sigma`` of the flood alone. Switching and truncation are public post-processing, done
+coefficient by coefficient. The decrypted values are masked by the uniform ``S``; the other
+coefficients of the plaintext (unmasked partial sums) stay hidden, since their ``c0``
+coefficients are never sent and ``c1`` alone is pseudorandom. So P1's view is simulatable from
+its output.
 
 Cost: :func:`~.plan.cost` (query ``256 + n_in * n sum bitlen(q_i)`` bits, response
 ``n_out * n * b1 + |y| * b0`` bits rounded to bytes, 2 rounds); setup ``2 n sum bitlen`` per key.
