@@ -36,7 +36,7 @@ from privquant.protocols.basic import Open, OpenSig
 from privquant.protocols.compare import Compare, CompareSig
 from privquant.protocols.linear import Linear, LinearSig
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
-from privquant.protocols.preprocessing.dealer import Seeds, make_correlations
+from privquant.protocols.preprocessing.dealer import Seeds, make_provider
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.channel import DEALER
 from privquant.protocols.transport.thread import simulate
@@ -46,16 +46,16 @@ class _Requant:
     """The fused requantization core as a protocol object (for the harness)."""
 
     def cost(self, sig):
-        return rq.cost(sig)
+        return rq.FUSED.cost(sig)
 
     def setup(self, corr, sig, params=None):
         return None
 
     def offline(self, corr, sig, state=None):
-        return rq.offline(corr, sig)
+        return rq.FUSED.offline(corr, sig)
 
     def online(self, party, sig, pre, x):
-        return rq.online(party, sig, pre, x)
+        return rq.FUSED.online(party, sig, pre, x)
 
 
 def run(proto, sig, in0, in1, params=None) -> dict:
@@ -63,7 +63,7 @@ def run(proto, sig, in0, in1, params=None) -> dict:
     times = {}
 
     def body(party, inputs):
-        corr = make_correlations(party, Seeds.derived(0, party.rank))
+        corr = make_provider(party, Seeds.derived(0, party.rank))
         state = proto.setup(corr, sig, params if party.rank == 0 else None)
         pre = proto.offline(corr, sig, state)
         if party.rank == DEALER:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.program import Program, check_input, ring_bits
-from privquant.protocols.preprocessing.dealer import establish_seeds, make_correlations
+from privquant.protocols.preprocessing.dealer import establish_seeds, make_provider
 from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
 from privquant.report import SEEDS_SCOPE
 
@@ -88,7 +88,7 @@ def run_role(
     if seeds is None:
         with party.scope(SEEDS_SCOPE):
             seeds = establish_seeds(party)
-    corr = make_correlations(party, seeds, simulated=simulated, dealer_book=dealer_book)
+    corr = make_provider(party, seeds, simulated=simulated, dealer_book=dealer_book)
     states = []
     for op, proto, sig in zip(program.ops, protos, sigs):
         with party.scope(op.name):
@@ -205,7 +205,7 @@ class Session:
         if seeds is None:
             with party.scope(SEEDS_SCOPE):
                 seeds = establish_seeds(party)
-        self.corr = make_correlations(
+        self.corr = make_provider(
             party, seeds, simulated=self.simulated, dealer_book=self.dealer_book
         )
         params = secret_params(program) if party.rank == SERVER else {}

@@ -46,7 +46,7 @@ class Open(Protocol):
 
     kind = "open"
 
-    def cost(self, sig: OpenSig) -> Cost:
+    def online_cost(self, sig: OpenSig) -> Cost:
         return Cost(online_bits=2 * _numel(sig.shape) * sig.ell, rounds=1)
 
     def online(self, party: Party, sig: OpenSig, pre, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +72,7 @@ class OpenTo(Protocol):
 
     kind = "open_to"
 
-    def cost(self, sig: OpenToSig) -> Cost:
+    def online_cost(self, sig: OpenToSig) -> Cost:
         return Cost(online_bits=_numel(sig.shape) * sig.ell, rounds=1)
 
     def online(self, party: Party, sig: OpenToSig, pre, x: torch.Tensor):
@@ -108,7 +108,7 @@ class Input(LocalProtocol):
     kind = "input"
 
     def offline(self, corr, sig: InputSig, state=None):
-        return corr.common_ring(sig.shape, sig.ell)
+        return corr.common(sig.shape, sig.ell)
 
     def online(self, party: Party, sig: InputSig, pre, x: torch.Tensor | None = None):
         if party.rank == SERVER:

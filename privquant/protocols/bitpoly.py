@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.base import Protocol
+from privquant.protocols.preprocessing.base import Need, Provider
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.transport.channel import SERVER, Party
@@ -142,13 +143,8 @@ class PolySpec:
         order = sorted(items, key=lambda k: (k[1] or "", len(k[0]), k[0]))
         return PolySpec(poly.bit_vars, tuple(order), ell, n)
 
-    def cost(self) -> Cost:
-        v = len(self.vars)
-        return Cost(
-            online_bits=2 * self.n * v,
-            offline_bits=self.n * self.ell * len(self.items),
-            rounds=1 if v else 0,
-        )
+    def cost(self, preprocessing: str = "dealer") -> Cost:
+        return SELECTION.cost(self, preprocessing)
 
 
 @dataclass
@@ -157,11 +153,32 @@ class PolyPre:
     prods: torch.Tensor | None
 
 
-def offline(corr: Correlations, spec: PolySpec, arith_fns: dict | None = None) -> PolyPre:
-    """daBits for ``spec.vars`` and one dealer message with the shares of ``spec.items``.
+class Selection(Protocol):
+    """One-opening evaluation of a polynomial in masked bits (see the module docstring); its
+    signature is the polynomial's public structure, a :class:`PolySpec`.
 
-    ``arith_fns[name]()`` returns the dealer-known value of the arithmetic secret ``name``.
-    """
+    Cost: online ``2*n*V`` bits, ``[V > 0]`` rounds; needs ``n*I`` products in Z_2^ell."""
+
+    kind = "selection"
+
+    def online_cost(self, sig: PolySpec) -> Cost:
+        v = len(sig.vars)
+        return Cost(online_bits=2 * sig.n * v, rounds=1 if v else 0)
+
+    def needs(self, sig: PolySpec) -> list[Need]:
+        return [Need("products", sig.n, sig.ell, len(sig.items))] if sig.items else []
+
+    def offline(self, corr: Provider, sig: PolySpec, state=None, arith=None) -> PolyPre:
+        """``arith[name]()`` returns the provider-known value of the arithmetic secret ``name``."""
+        return _offline(corr, sig, arith)
+
+    def online(self, party, sig: PolySpec, pre, poly, bits, provided=None, tag="poly"):
+        """See :func:`_online`."""
+        return _online(party, sig, pre, poly, bits, provided, tag)
+
+
+def _offline(corr: Provider, spec: PolySpec, arith_fns: dict | None = None) -> PolyPre:
+    """daBits for ``spec.vars`` and one provider request for the shares of ``spec.items``."""
     arith_fns = arith_fns or {}
     n = spec.n
     rho = {v: corr.random_bits((n,)) for v in spec.vars}
@@ -183,13 +200,13 @@ def offline(corr: Correlations, spec: PolySpec, arith_fns: dict | None = None) -
                 rows.append(v)
             return ring.reduce(torch.stack(rows), spec.ell)
 
-        prods = corr.share_ring(values, (len(spec.items), n), spec.ell)
+        prods = corr.products(values, (len(spec.items), n), spec.ell)
     if corr.role not in (0, 1):
         return PolyPre(None, None)
     return PolyPre({v: r.share for v, r in rho.items()}, prods)
 
 
-def online(
+def _online(
     party: Party,
     spec: PolySpec,
     pre: PolyPre,
@@ -227,3 +244,6 @@ def online(
                 else:
                     acc = acc + g * pre.prods[index[(s, a)]]
     return ring.reduce(acc, ell)
+
+
+SELECTION = Selection()

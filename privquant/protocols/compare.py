@@ -58,7 +58,7 @@ from functools import cached_property
 import torch
 
 from privquant.protocols.base import Protocol
-from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.preprocessing.base import Need, Provider
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.transport.channel import SERVER, Party
@@ -263,11 +263,40 @@ def counts(groups) -> tuple[int, int]:
     return u, gates
 
 
-def cost(groups) -> Cost:
-    """Closed-form cost of :func:`online` for these groups."""
-    u, gates = counts(groups)
-    mono = sum(g.n * g.unit[2] for g in groups)
-    return Cost(online_bits=2 * u, offline_bits=gates + mono, rounds=_depth(groups))
+@dataclass(frozen=True)
+class CircuitSig:
+    """The comparison groups of one circuit run (all levels batched together)."""
+
+    groups: tuple[Group, ...]
+
+
+class Circuit(Protocol):
+    """The prefix-circuit engine: ``[C_j < r]`` for public ``C_j`` against one mask per group
+    (see the module docstring). Online ``2*U`` bits in ``D`` rounds; needs ``G`` AND-gate
+    products and ``M`` digit monomials (kinds ``gates`` and ``monomials``)."""
+
+    kind = "circuit"
+
+    def online_cost(self, sig: CircuitSig) -> Cost:
+        u, _gates = counts(sig.groups)
+        return Cost(online_bits=2 * u, rounds=_depth(sig.groups))
+
+    def needs(self, sig: CircuitSig) -> list[Need]:
+        _u, gates = counts(sig.groups)
+        mono = sum(g.n * g.unit[2] for g in sig.groups)
+        return [Need("gates", gates), Need("monomials", mono)]
+
+    def offline(self, corr: Provider, sig: CircuitSig, state=None, masks=None) -> CmpPre:
+        """``masks[g]``: the value of group ``g``'s mask where the provider knows it."""
+        return _offline(corr, sig.groups, masks)
+
+    def online(self, party: Party, sig: CircuitSig, pre, data, tag: str = "cmp"):
+        """See :func:`_online`."""
+        return _online(party, sig.groups, pre, data, tag)
+
+
+def circuit(groups) -> CircuitSig:
+    return CircuitSig(tuple(groups))
 
 
 @dataclass
@@ -280,7 +309,7 @@ class CmpPre:
     monos: list | None = None
 
 
-def offline(corr: Correlations, groups, rvals=None) -> CmpPre:
+def _offline(corr: Provider, groups, rvals=None) -> CmpPre:
     """Operand masks (both XOR shares seeded) and, in ONE dealer message, P1's shares of every
     gate's ``a_i and a_j`` and of every digit monomial of the mask bits.
 
@@ -297,20 +326,16 @@ def offline(corr: Correlations, groups, rvals=None) -> CmpPre:
     if any(mono_counts) and rvals is None:
         raise ValueError("comparison digits need the masks for the monomials")
 
-    def products() -> torch.Tensor:
-        out = []
-        for m, (_n, _nops, gs) in zip(masks, layout):
-            if gs:
-                ii = torch.tensor([i for i, _ in gs])
-                jj = torch.tensor([j for _, j in gs])
-                out.append((m.value[ii] & m.value[jj]).reshape(-1))
-        for g, cnt, r in zip(groups, mono_counts, rvals or [None] * len(groups)):
-            if cnt:
-                out.append(_monomials(g, ring.bits(r, g.nbits)).reshape(-1))
-        return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
+    def monomials() -> torch.Tensor:
+        rows = [
+            _monomials(g, ring.bits(r, g.nbits)).reshape(-1)
+            for g, cnt, r in zip(groups, mono_counts, rvals)
+            if cnt
+        ]
+        return torch.cat(rows)
 
-    size = total + sum(mono_counts)
-    cflat = corr.share_bits(products, (size,)) if size else None
+    pairs = [(m, gs) for m, (_n, _nops, gs) in zip(masks, layout)]
+    cflat = corr.gates_and_monomials(pairs, total, monomials, sum(mono_counts))
     if corr.role not in (0, 1):
         return CmpPre(None, None)
     cs, pos = [], 0
@@ -400,7 +425,7 @@ def _leaves(g: Group, digits: list[torch.Tensor], c: torch.Tensor, start: int, w
     return [torch.stack(lts), torch.stack(eqs)]
 
 
-def online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[list[torch.Tensor]]:
+def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[list[torch.Tensor]]:
     """Run all comparisons; ``data[g] = (rbits, c_low, c_jobs)`` for group ``g``.
 
     ``rbits`` (nbits, n) uint8: this party's XOR shares of the mask bits, row ``j`` = bit ``j``;
@@ -533,26 +558,33 @@ class Compare(Protocol):
     (Makri et al. 2021): ``[u >= T'] = [c >= T'] xor [c < r] xor [c - T' < r]`` (``ell``-bit
     comparisons, one extra for the wrap). Thresholds decided by the bounds cost nothing.
 
-    Cost: ``online = 2*n*ell + 2*U``, ``offline = n*rbits + G``, ``rounds = 1 + D`` (``U, G, D`` of
-    :func:`cost` for the group; ``rbits = ell``), all zero if every threshold is decided.
+    Cost: ``online = 2*n*ell + 2*U``, ``rounds = 1 + D``; needs ``mask_bits`` (``n*ell``) and the
+    circuit's ``G`` gates and ``M`` monomials (:class:`Circuit`); all zero if every threshold is
+    decided.
     """
 
     kind = "compare"
 
-    def cost(self, sig: CompareSig) -> Cost:
+    def online_cost(self, sig: CompareSig) -> Cost:
         _mode, _const, grp = sig.plan
         if grp is None:
             return Cost()
-        c = Cost(online_bits=2 * sig.n * sig.ell, offline_bits=sig.n * sig.ell, rounds=1)
-        return c.then(cost([grp]))
+        c = Cost(online_bits=2 * sig.n * sig.ell, rounds=1)
+        return c.then(CIRCUIT.online_cost(circuit([grp])))
 
-    def offline(self, corr: Correlations, sig: CompareSig, state=None):
+    def needs(self, sig: CompareSig) -> list[Need]:
+        _mode, _const, grp = sig.plan
+        if grp is None:
+            return []
+        return [Need("mask_bits", sig.n, items=sig.ell), *CIRCUIT.needs(circuit([grp]))]
+
+    def offline(self, corr: Provider, sig: CompareSig, state=None):
         _mode, _const, grp = sig.plan
         if grp is None:
             return None
-        r = corr.random_ring((sig.n,), sig.ell)
-        rbits = corr.share_bits(lambda: ring.bits(r.value, sig.ell), (sig.ell, sig.n))
-        return r.share, rbits, offline(corr, [grp], [r.value])
+        r = corr.random((sig.n,), sig.ell)
+        rbits = corr.mask_bits(r, sig.ell)
+        return r.share, rbits, CIRCUIT.offline(corr, circuit([grp]), masks=[r.value])
 
     def online(self, party: Party, sig: CompareSig, pre, x: torch.Tensor) -> list[torch.Tensor]:
         mode, const, grp = sig.plan
@@ -575,15 +607,16 @@ class Compare(Protocol):
         tp = [sig.thresholds[i] + H for i in secret]
         if mode == "msb":
             cj = [ring.reduce(c - t + H, L) for t in tp]
-            lts = online(party, [grp], cpre, [(rbits, c, cj)], "cmp")[0]
+            lts = CIRCUIT.online(party, circuit([grp]), cpre, [(rbits, c, cj)], "cmp")[0]
             for i, C, lt in zip(secret, cj, lts):
                 out[i] = pub((C >> (L - 1)) & 1) ^ rbits[L - 1] ^ lt
         else:
             cj = [c] + [ring.reduce(c - t, L) for t in tp]
-            lts = online(party, [grp], cpre, [(rbits, c, cj)], "cmp")[0]
+            lts = CIRCUIT.online(party, circuit([grp]), cpre, [(rbits, c, cj)], "cmp")[0]
             for i, t, lt in zip(secret, tp, lts[1:]):
                 out[i] = pub(c >= t) ^ lts[0] ^ lt
         return out
 
 
+CIRCUIT = Circuit()
 COMPARE = Compare()

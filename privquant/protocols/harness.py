@@ -1,9 +1,9 @@
 """Run one protocol end to end in this process (threads), for tests and micro-benchmarks.
 
 ``run_protocol`` does setup, offline and online for P0, P1 and the dealer over the thread
-transport (``dealer="thread"``: the real dealer role as a third thread; ``dealer="simulated"``: the
-in-process :class:`~privquant.protocols.dealer.SimulatedCorrelations`, flagged insecure) and returns
-both outputs plus the joint accounting.
+transport (``dealer="thread"``: the real dealer role as a third thread; ``dealer="simulated"``:
+the in-process :class:`~privquant.protocols.preprocessing.simulated.SimulatedProvider`, flagged
+insecure) and returns both outputs plus the joint accounting.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from privquant.protocols.base import Protocol
-from privquant.protocols.preprocessing.dealer import Seeds, make_correlations, simulated_dealer_book
+from privquant.protocols.preprocessing.dealer import Seeds, make_provider
+from privquant.protocols.preprocessing.simulated import simulated_dealer_book
 from privquant.protocols.transport.channel import DEALER, CommStats, combine
 from privquant.protocols.transport.thread import simulate
 
@@ -45,7 +46,7 @@ def run_roles(
 
     def body(party, inputs):
         seeds = Seeds.derived(master) if sim else Seeds.derived(master, party.rank)
-        corr = make_correlations(party, seeds, simulated=sim, dealer_book=dbook)
+        corr = make_provider(party, seeds, simulated=sim, dealer_book=dbook)
         pre = offline(corr)
         if party.rank == DEALER:
             return None

@@ -33,17 +33,20 @@ from dataclasses import dataclass
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.base import Protocol
+from privquant.protocols.preprocessing.base import Need, Provider
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.transport.channel import SERVER, Party
 
 
-def cost(n: int, m: int, ell: int) -> Cost:
-    """Closed-form cost of :func:`online`: ``n`` elements from ``Z_{2^m}`` to ``Z_{2^ell}``."""
-    if n == 0:
-        return Cost()
-    return Cost(online_bits=2 * n, offline_bits=n * ell, rounds=1)
+@dataclass(frozen=True)
+class LiftSig:
+    """``n`` elements from ``Z_{2^m}`` to ``Z_{2^ell}``."""
+
+    n: int
+    m: int
+    ell: int
 
 
 @dataclass
@@ -52,14 +55,29 @@ class LiftPre:
     prod: torch.Tensor | None  # this party's arithmetic share of rho0*rho1 (n,) int64
 
 
-def offline(corr: Correlations, n: int, ell: int) -> LiftPre:
-    rho0, rho1 = corr.private_bits((n,))
-    prod = corr.share_ring(lambda: (rho0 & rho1).long(), (n,), ell)
-    mine = rho0 if corr.role == SERVER else rho1
-    return LiftPre(mine, prod)
+class Lift(Protocol):
+    """Known-MSB lift (see the module docstring). Cost: online ``2*n`` bits, 1 round; needs
+    ``n`` ``bit_product`` items in Z_2^ell."""
+
+    kind = "lift"
+
+    def online_cost(self, sig: LiftSig) -> Cost:
+        return Cost(online_bits=2 * sig.n, rounds=1) if sig.n else Cost()
+
+    def needs(self, sig: LiftSig) -> list[Need]:
+        return [Need("bit_product", sig.n, sig.ell)] if sig.n else []
+
+    def offline(self, corr: Provider, sig: LiftSig, state=None) -> LiftPre:
+        rho0, rho1 = corr.private_bits((sig.n,))
+        prod = corr.bit_product(rho0, rho1, (sig.n,), sig.ell)
+        mine = rho0 if corr.role == SERVER else rho1
+        return LiftPre(mine, prod)
+
+    def online(self, party: Party, sig: LiftSig, pre: LiftPre, q, tag: str = "lift"):
+        return _online(party, pre, q, sig.m, sig.ell, tag)
 
 
-def online(
+def _online(
     party: Party, pre: LiftPre, q: torch.Tensor, m: int, ell: int, tag: str = "lift"
 ) -> torch.Tensor:
     """This party's share in ``Z_{2^ell}`` of ``q`` (shares ``q`` mod ``2^m``, ``q < 2^(m-1)``)."""
@@ -85,4 +103,6 @@ def online(
     return ring.reduce(qm - (w << m), ell).reshape(shape)
 
 
-__all__ = ["LiftPre", "cost", "offline", "online"]
+LIFT = Lift()
+
+__all__ = ["LIFT", "Lift", "LiftPre", "LiftSig"]

@@ -42,6 +42,7 @@ import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
 from privquant.protocols.base import Protocol
+from privquant.protocols.preprocessing.base import Need
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.primitives.geometry import conv_out_hw
@@ -136,17 +137,20 @@ class Linear(Protocol):
 
     kind = "linear"
 
-    def cost(self, sig: LinearSig) -> Cost:
-        nx, ny, nw = (int(np.prod(s)) for s in (sig.x_shape, sig.y_shape, sig.w_shape))
-        return Cost(
-            online_bits=nx * sig.ell, offline_bits=ny * sig.ell, setup_bits=nw * sig.ell, rounds=1
-        )
+    def online_cost(self, sig: LinearSig) -> Cost:
+        return Cost(online_bits=int(np.prod(sig.x_shape)) * sig.ell, rounds=1)
+
+    def needs(self, sig: LinearSig) -> list[Need]:
+        ny, nw = int(np.prod(sig.y_shape)), int(np.prod(sig.w_shape))
+        return [
+            Need("random", int(np.prod(sig.x_shape)), sig.ell),
+            Need("linear", ny, sig.ell, setup=nw),
+        ]
 
     def setup(self, corr, sig: LinearSig, params=None) -> LinearState:
         ell = ring.check_ell(sig.ell)
         party = corr.party
-        # P0 and the dealer (and a simulated P1, which plays the dealer too) know B
-        b = corr.keyed_ring("d0", f"linear/{sig.key}", sig.w_shape, ell)
+        b = corr.linear_setup(sig.key, sig.w_shape, ell)
         if corr.role == SERVER:
             if params is None or "weight" not in params:
                 raise PrivQuantError(f"layer {sig.key!r}: the server has no weights")
@@ -166,13 +170,13 @@ class Linear(Protocol):
             return LinearState(w=w, bias=bias, f=f)
         if corr.role == CLIENT:
             f = party.recv(SERVER, sig.w_shape, ell, f"linear.setup:{sig.key}", phase="setup")
-            return LinearState(f=f, b=b if corr.simulated else None)
+            return LinearState(f=f, b=b if corr.knows_values else None)
         return LinearState(b=b)
 
     def offline(self, corr, sig: LinearSig, state: LinearState = None) -> LinearPre | None:
         ell = sig.ell
-        a = corr.random_ring(sig.x_shape, ell)
-        c = corr.share_ring(lambda: ring_lin(sig, state.b, a.value), sig.y_shape, ell)
+        a = corr.random(sig.x_shape, ell)
+        c = corr.linear(lambda av: ring_lin(sig, state.b, av), a, sig.y_shape, ell)
         if corr.role == DEALER:
             return None
         z = ring_lin(sig, state.f, a.share) + c

@@ -43,9 +43,10 @@ import torch
 import torch.nn.functional as F
 
 from privquant.errors import PrivQuantError
-from privquant.protocols import bitpoly, compare
+from privquant.protocols import compare
 from privquant.protocols.base import Protocol
-from privquant.protocols.bitpoly import Poly, PolySpec
+from privquant.protocols.bitpoly import SELECTION, Poly, PolyPre, PolySpec
+from privquant.protocols.preprocessing.base import Need
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.protocols.primitives.geometry import conv_out_hw
@@ -132,13 +133,16 @@ def _level_spec(sig: MaxpoolSig, pairs: int, kind: str) -> tuple[PolySpec, list]
     return spec, groups
 
 
-def _level_cost(sig: MaxpoolSig, pairs: int, kind: str) -> Cost:
+def _level_parts(sig: MaxpoolSig, pairs: int, kind: str) -> tuple[Cost, list[Need]]:
     n, L = sig.windows * pairs, sig.ell
     spec, groups = _level_spec(sig, pairs, kind)
     opened = 2 if kind == "ext" else 1
     rbits = {"normal": L, "ext": 2 * L - 1, "ext_only": L - 1}[kind]
-    c = Cost(online_bits=2 * opened * n * L, offline_bits=n * rbits, rounds=1)
-    return c.then(compare.cost(groups)).then(spec.cost())
+    online = Cost(online_bits=2 * opened * n * L, rounds=1)
+    cs = compare.circuit(groups)
+    online = online.then(compare.CIRCUIT.online_cost(cs)).then(SELECTION.online_cost(spec))
+    needs = [Need("random", n * opened, L), Need("mask_bits", n, items=rbits)]
+    return online, needs + compare.CIRCUIT.needs(cs) + SELECTION.needs(spec)
 
 
 @dataclass
@@ -147,7 +151,7 @@ class LevelPre:
     rbits: list
     cmp: compare.CmpPre
     spec: PolySpec
-    poly: bitpoly.PolyPre
+    poly: PolyPre
 
 
 class Maxpool(Protocol):
@@ -155,11 +159,14 @@ class Maxpool(Protocol):
 
     kind = "maxpool"
 
-    def cost(self, sig: MaxpoolSig) -> Cost:
+    def online_cost(self, sig: MaxpoolSig) -> Cost:
         out = ZERO
         for pairs, kind in sig.levels:
-            out = out.then(_level_cost(sig, pairs, kind))
+            out = out.then(_level_parts(sig, pairs, kind)[0])
         return out
+
+    def needs(self, sig: MaxpoolSig) -> list[Need]:
+        return [x for pairs, kind in sig.levels for x in _level_parts(sig, pairs, kind)[1]]
 
     def offline(self, corr, sig: MaxpoolSig, state=None) -> list[LevelPre]:
         L = sig.ell
@@ -170,14 +177,13 @@ class Maxpool(Protocol):
             spec, groups = _level_spec(sig, pairs, kind)
             masks = []
             if kind in ("normal", "ext"):
-                masks.append(("d", L, corr.random_ring((n,), L)))
+                masks.append(("d", L, corr.random((n,), L)))
             if kind in ("ext", "ext_only"):
-                masks.append(("b", L - 1, corr.random_ring((n,), L)))
-            rbits = [
-                corr.share_bits(lambda r=r, nb=nb: ring.bits(r.value, nb), (nb, n))
-                for _nm, nb, r in masks
-            ]
-            cmp = compare.offline(corr, groups, [r.value for _nm, _nb, r in masks])
+                masks.append(("b", L - 1, corr.random((n,), L)))
+            rbits = [corr.mask_bits(r, nb) for _nm, nb, r in masks]
+            cmp = compare.CIRCUIT.offline(
+                corr, compare.circuit(groups), masks=[r.value for _nm, _nb, r in masks]
+            )
             rv = {nm: r for nm, _nb, r in masks}
             if kind == "normal":
                 fns = {"R": lambda rv=rv: rv["d"].value}
@@ -185,7 +191,7 @@ class Maxpool(Protocol):
                 fns = {"Rb": lambda rv=rv: rv["b"].value & (H - 1)}
                 if kind == "ext":
                     fns["Rd"] = lambda rv=rv: rv["d"].value & (H - 1)
-            ppre = bitpoly.offline(corr, spec, fns)
+            ppre = SELECTION.offline(corr, spec, arith=fns)
             pres.append(LevelPre([r.share for _nm, _nb, r in masks], rbits, cmp, spec, ppre))
         return pres
 
@@ -220,7 +226,10 @@ class Maxpool(Protocol):
             cs = ring.reduce(mine + party.exchange(mine, L, f"{tag}.open"), L).split(n)
             groups = _level_spec(sig, pairs, kind)[1]
             data = [(rb, c, [c]) for rb, c in zip(p.rbits, cs)]
-            lts = [res[0] for res in compare.online(party, groups, p.cmp, data, f"{tag}.cmp")]
+            res_all = compare.CIRCUIT.online(
+                party, compare.circuit(groups), p.cmp, data, f"{tag}.cmp"
+            )
+            lts = [res[0] for res in res_all]
             bits = {}
             if kind in ("normal", "ext"):
                 cd = cs[0]
@@ -233,14 +242,14 @@ class Maxpool(Protocol):
                 bits["bb"] = lts[-1]
             if kind == "normal":
                 poly = _level_poly(kind, L, cs[0], None, sig.lo).reduced(L)
-                sel = bitpoly.online(
+                sel = SELECTION.online(
                     party, p.spec, p.poly, poly, bits, {"R": p.r[0]}, tag=f"{tag}.sel"
                 )
                 res = ring.reduce(b + sel, L)
             else:
                 c_d = cs[0] & (H - 1) if kind == "ext" else None
                 poly = _level_poly(kind, L, c_d, cs[-1] & (H - 1), sig.lo).reduced(Lo)
-                res = bitpoly.online(party, p.spec, p.poly, poly, bits, tag=f"{tag}.sel")
+                res = SELECTION.online(party, p.spec, p.poly, poly, bits, tag=f"{tag}.sel")
             win = (
                 torch.cat([res.reshape(sig.windows, -1), rest], dim=1)
                 if kind != "ext_only"

@@ -91,12 +91,12 @@ from functools import cached_property
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.protocols import bitpoly, compare
-from privquant.protocols import lift as lifting
+from privquant.protocols import compare
 from privquant.protocols.base import Protocol
 from privquant.protocols.basic import presum
-from privquant.protocols.bitpoly import Poly, PolySpec
-from privquant.protocols.preprocessing.dealer import Correlations
+from privquant.protocols.bitpoly import SELECTION, Poly, PolyPre, PolySpec
+from privquant.protocols.lift import LIFT, LiftPre, LiftSig
+from privquant.protocols.preprocessing.base import Need, Provider, need_cost
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.protocols.primitives.ring import signed_bits
@@ -248,7 +248,7 @@ def plan_requant(sig: RequantSig) -> RequantPlan:
     m = (qhi - sig.lo).bit_length() + 1
     if m < Lo:
         plans.append(build(m))
-    costs = [plan_cost(p) for p in plans]
+    costs = [plan_cost(p) for p in plans]  # plans are the dealer protocol's: costed as such
     best = min(range(len(plans)), key=lambda i: (_total_bits(costs[i]), costs[i].rounds))
     return plans[best]
 
@@ -289,32 +289,40 @@ def _unit_poly_spec(plan: RequantPlan) -> PolySpec:
     return PolySpec.of(build_poly(plan, torch.zeros(1, dtype=torch.int64)), plan.ell_poly, 1)
 
 
-def plan_cost(plan: RequantPlan) -> Cost:
-    """Closed-form cost of :func:`online` for this plan (see the module docstring)."""
+def plan_cost(plan: RequantPlan, preprocessing: str = "dealer") -> Cost:
+    """Closed-form cost of the fused requant for this plan (see the module docstring)."""
     if plan.kind in ("const", "local"):
         return ZERO
-    # every bit count is n times a per-element count: memoize the per-element cost on the shape
+    online, needs = plan_parts(plan)
+    return online.then(need_cost(needs, preprocessing))
+
+
+def plan_parts(plan: RequantPlan) -> tuple[Cost, list[Need]]:
+    """(online cost, correlation needs) of this plan: ``n`` times a per-element count, memoized
+    on the shape."""
+    if plan.kind in ("const", "local"):
+        return ZERO, []
     group = replace(plan.group, n=1) if plan.group is not None else None
-    u = _unit_plan_cost(replace(plan, n=1, t_ref=0, group=group))
-    return Cost(
-        online_bits=plan.n * u.online_bits, offline_bits=plan.n * u.offline_bits, rounds=u.rounds
-    )
+    u, unit_needs = _unit_parts(replace(plan, n=1, t_ref=0, group=group))
+    n = plan.n
+    online = Cost(online_bits=n * u.online_bits, rounds=u.rounds)
+    return online, [replace(x, n=n * x.n) for x in unit_needs]
 
 
 @functools.lru_cache(maxsize=16384)
-def _unit_plan_cost(plan: RequantPlan) -> Cost:
-    c = Cost(online_bits=2 * plan.n * plan.L, offline_bits=plan.n * plan.rbits, rounds=1)
+def _unit_parts(plan: RequantPlan) -> tuple[Cost, tuple[Need, ...]]:
+    online = Cost(online_bits=2 * plan.n * plan.L, rounds=1)
+    needs = [Need("random", plan.n, plan.L), Need("mask_bits", plan.n, items=plan.rbits)]
+    parts = []
     if plan.group is not None:
-        c = c.then(compare.cost([plan.group]))
-    c = c.then(poly_spec(plan).cost())
+        parts.append((compare.CIRCUIT, compare.circuit([plan.group])))
+    parts.append((SELECTION, poly_spec(plan)))
     if plan.lift:
-        c = c.then(lifting.cost(plan.n, plan.ell_poly, plan.ell_out))
-    return c
-
-
-def cost(sig: RequantSig) -> Cost:
-    """Closed-form cost of :func:`online` (see the module docstring)."""
-    return plan_cost(sig.plan)
+        parts.append((LIFT, LiftSig(plan.n, plan.ell_poly, plan.ell_out)))
+    for proto, sig in parts:
+        online = online.then(proto.online_cost(sig))
+        needs += proto.needs(sig)
+    return online, tuple(needs)
 
 
 @dataclass
@@ -323,24 +331,24 @@ class RequantPre:
     rbits: torch.Tensor | None = None
     tri: compare.CmpPre | None = None
     spec: PolySpec | None = None
-    poly: bitpoly.PolyPre | None = None
-    lift: lifting.LiftPre | None = None
+    poly: PolyPre | None = None
+    lift: LiftPre | None = None
     extra: dict = field(default_factory=dict)
 
 
-def offline(corr: Correlations, sig: RequantSig) -> RequantPre | None:
-    """Dealer material for one fused requant (runnable by the dealer without data)."""
+def _offline(corr: Provider, sig: RequantSig) -> RequantPre | None:
+    """Correlations for one fused requant (runnable by the dealer without data)."""
     plan = sig.plan
     if plan.kind in ("const", "local"):
         return None
     n, L, k, H = plan.n, plan.L, plan.k, plan.H
-    r = corr.random_ring((n,), L)
-    rbits = (
-        corr.share_bits(lambda: ring.bits(r.value, plan.rbits), (plan.rbits, n))
-        if plan.rbits
+    r = corr.random((n,), L)
+    rbits = corr.mask_bits(r, plan.rbits) if plan.rbits else None
+    tri = (
+        compare.CIRCUIT.offline(corr, compare.circuit([plan.group]), masks=[r.value])
+        if plan.group is not None
         else None
     )
-    tri = compare.offline(corr, [plan.group], [r.value]) if plan.group is not None else None
     spec = poly_spec(plan)
     if plan.kind == "msb":
 
@@ -351,8 +359,8 @@ def offline(corr: Correlations, sig: RequantSig) -> RequantPre | None:
         def R():
             return r.value >> k
 
-    ppre = bitpoly.offline(corr, spec, {"R": R})
-    lpre = lifting.offline(corr, n, plan.ell_out) if plan.lift else None
+    ppre = SELECTION.offline(corr, spec, arith={"R": R})
+    lpre = LIFT.offline(corr, LiftSig(n, plan.ell_poly, plan.ell_out)) if plan.lift else None
     return RequantPre(r.share, rbits, tri, spec, ppre, lpre)
 
 
@@ -363,7 +371,7 @@ def _pub(party: Party, bits: torch.Tensor) -> torch.Tensor:
     )
 
 
-def online(
+def _online(
     party: Party, sig: RequantSig, pre: RequantPre | None, t: torch.Tensor, tag: str = "rq"
 ) -> torch.Tensor:
     """This party's share in ``Z_{2^L'}`` of ``clip(floor(t / 2^k), lo, hi)`` (shape of ``t``)."""
@@ -387,7 +395,9 @@ def online(
     lts: dict[str, torch.Tensor] = {}
     b = None
     if plan.group is not None:
-        res = compare.online(party, [plan.group], pre.tri, [(pre.rbits, c, cvals)], f"{tag}.cmp")[0]
+        res = compare.CIRCUIT.online(
+            party, compare.circuit([plan.group]), pre.tri, [(pre.rbits, c, cvals)], f"{tag}.cmp"
+        )[0]
         lts = {name: res[i] for i, (name, _T) in enumerate(plan.jobs)}
         if plan.group.want_low:
             b = res[-1]
@@ -421,14 +431,59 @@ def online(
     if plan.a is None and plan.h is None and plan.form == "s":
         bits["s"] = bits["a"] ^ bits["h"]
     poly = build_poly(plan, ring.reduce(P, plan.ell_poly))
-    q = bitpoly.online(
+    q = SELECTION.online(
         party, pre.spec, pre.poly, poly, {v: bits[v] for v in pre.spec.vars}, tag=f"{tag}.sel"
     )
     if plan.lift:
-        q = lifting.online(party, pre.lift, q, plan.ell_poly, Lo, tag=f"{tag}.lift")
+        q = LIFT.online(party, LiftSig(plan.n, plan.ell_poly, Lo), pre.lift, q, tag=f"{tag}.lift")
     if party.rank == SERVER:
         q = q + plan.lo
     return ring.reduce(q, Lo).reshape(shape)
+
+
+class FusedRequant(Protocol):
+    """The fused requantization core on a pre-sum ``t`` (see the module docstring): online cost
+    and correlation needs of the plan its signature selects."""
+
+    kind = "fused_requant"
+
+    def online_cost(self, sig: RequantSig) -> Cost:
+        return plan_parts(sig.plan)[0]
+
+    def needs(self, sig: RequantSig) -> list[Need]:
+        return plan_parts(sig.plan)[1]
+
+    def offline(self, corr: Provider, sig: RequantSig, state=None) -> RequantPre | None:
+        return _offline(corr, sig)
+
+    def online(self, party: Party, sig: RequantSig, pre, t: torch.Tensor, tag: str = "rq"):
+        return _online(party, sig, pre, t, tag)
+
+
+class UnfusedRequant(Protocol):
+    """The ``--unfused`` ablation of :class:`FusedRequant`: truncation, ReLU/clip and extension
+    as three separate fused-engine runs (:func:`unfused_steps`)."""
+
+    kind = "unfused_requant"
+
+    def online_cost(self, sig: RequantSig) -> Cost:
+        return Cost.sequence(FUSED.online_cost(s) for s in unfused_steps(sig))
+
+    def needs(self, sig: RequantSig) -> list[Need]:
+        return [x for s in unfused_steps(sig) for x in FUSED.needs(s)]
+
+    def offline(self, corr: Provider, sig: RequantSig, state=None) -> list:
+        return [FUSED.offline(corr, s) for s in unfused_steps(sig)]
+
+    def online(self, party: Party, sig: RequantSig, pre, t: torch.Tensor, tag: str = "rqu"):
+        x = t
+        for i, (s, p) in enumerate(zip(unfused_steps(sig), pre)):
+            x = FUSED.online(party, s, p, x, tag=f"{tag}{i + 1}")
+        return x
+
+
+FUSED = FusedRequant()
+UNFUSED = UnfusedRequant()
 
 
 # ----------------------------------------------------------------------------- unfused ablation
@@ -456,23 +511,6 @@ def unfused_steps(sig: RequantSig) -> tuple[RequantSig, ...]:
     return s1, s2, s3
 
 
-def unfused_cost(sig: RequantSig) -> Cost:
-    return Cost.sequence(cost(s) for s in unfused_steps(sig))
-
-
-def unfused_offline(corr: Correlations, sig: RequantSig) -> list:
-    return [offline(corr, s) for s in unfused_steps(sig)]
-
-
-def unfused_online(
-    party: Party, sig: RequantSig, pre: list, t: torch.Tensor, tag: str = "rqu"
-) -> torch.Tensor:
-    x = t
-    for i, (s, p) in enumerate(zip(unfused_steps(sig), pre)):
-        x = online(party, s, p, x, tag=f"{tag}{i + 1}")
-    return x
-
-
 # ----------------------------------------------------------------------------- the op protocol
 @dataclass(frozen=True)
 class RequantOpSig:
@@ -488,15 +526,16 @@ class RequantOp(Protocol):
     """Local pre-sum ``t = sum_i m_i x_i + offset`` then the fused requant (cost of the core)."""
 
     kind = "requant"
-    fused = True
+    core = FUSED
 
-    def cost(self, sig: RequantOpSig) -> Cost:
-        return cost(sig.core) if self.fused else unfused_cost(sig.core)
+    def online_cost(self, sig: RequantOpSig) -> Cost:
+        return self.core.online_cost(sig.core)
+
+    def needs(self, sig: RequantOpSig) -> list[Need]:
+        return self.core.needs(sig.core)
 
     def offline(self, corr, sig: RequantOpSig, state=None):
-        if self.fused:
-            return offline(corr, sig.core)
-        return unfused_offline(corr, sig.core)
+        return self.core.offline(corr, sig.core)
 
     def online(self, party, sig: RequantOpSig, pre, *xs):
         if len(xs) != len(sig.mults):
@@ -508,15 +547,13 @@ class RequantOp(Protocol):
                 )
         L = sig.core.ell
         t = presum(party, [ring.reduce(x, L) for x in xs], sig.mults, sig.offset, L)
-        if self.fused:
-            return online(party, sig.core, pre, t)
-        return unfused_online(party, sig.core, pre, t)
+        return self.core.online(party, sig.core, pre, t)
 
 
 class RequantUnfusedOp(RequantOp):
     """The ``--unfused`` ablation: truncation, ReLU/clip and extension as separate protocols."""
 
-    fused = False
+    core = UNFUSED
 
 
 REQUANT = RequantOp()
@@ -524,20 +561,20 @@ REQUANT_UNFUSED = RequantUnfusedOp()
 
 
 __all__ = [
+    "FUSED",
     "REQUANT",
     "REQUANT_UNFUSED",
+    "UNFUSED",
+    "FusedRequant",
     "RequantOp",
     "RequantOpSig",
     "RequantPlan",
     "RequantPre",
     "RequantSig",
+    "UnfusedRequant",
     "build_poly",
-    "cost",
-    "offline",
-    "online",
+    "plan_cost",
+    "plan_parts",
     "plan_requant",
-    "unfused_cost",
-    "unfused_offline",
-    "unfused_online",
     "unfused_steps",
 ]

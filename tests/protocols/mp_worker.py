@@ -18,7 +18,7 @@ from privquant.protocols import (
     Party,
     establish_seeds,
     init_communicator,
-    make_correlations,
+    make_provider,
     shutdown_communicator,
 )
 from privquant.protocols import requant as rq
@@ -47,9 +47,9 @@ def main() -> None:
         party = Party(rank, CryptenTransport(timeout=timeout))
         if mode == "basic":
             seeds = establish_seeds(party, master=42)
-            corr = make_correlations(party, seeds)
+            corr = make_provider(party, seeds)
             with party.scope("dealer"):
-                r = corr.random_ring((100,), 13)
+                r = corr.random((100,), 13)
                 s = corr.share_ring(lambda: r.value * 5, (100,), 13)  # one dealer message
             with party.scope("exchange"):
                 if rank < 2:
@@ -57,12 +57,12 @@ def main() -> None:
                     out["y"] = y.tolist()
             # a real protocol over the real transport: fused requant, n = 64
             sig = rq.RequantSig(64, 20, 12, 0, 15, -(1 << 19), (1 << 19) - 1, 20)
-            pre = rq.offline(corr, sig)
+            pre = rq.FUSED.offline(corr, sig)
             if rank < 2:
                 t = torch.arange(-(1 << 19), 1 << 19, (1 << 20) // 64)
                 t0, t1 = ring.share(t, 20, torch.Generator().manual_seed(1))
                 with party.scope("requant"):
-                    q = rq.online(party, sig, pre, t0 if rank == 0 else t1)
+                    q = rq.FUSED.online(party, sig, pre, t0 if rank == 0 else t1)
                 out["q"] = q.tolist()
                 out["r"], out["s"] = r.share.tolist(), s.tolist()
             else:

@@ -134,3 +134,18 @@ def test_presum_and_bias_add_local():
 @pytest.mark.parametrize("proto", [INPUT, SUMPOOL, FLATTEN])
 def test_local_protocols_declare_zero_cost(proto):
     assert proto.cost(None) == ZERO
+
+
+def test_catalogue_docstring_is_rendered_from_the_code():
+    """The package docstring's protocol table is exactly what the protocols' cost() give."""
+    import re
+
+    import privquant.protocols as P
+    from privquant.protocols.catalogue import render
+
+    m = re.search(r"\.\. catalogue-begin\n\n(.*?)\n\n\.\. catalogue-end", P.__doc__, re.S)
+    assert m is not None and m.group(1) == render()
+    # the headline figures of the fused requant (ReLU + 4-bit clip at 20 bits), per element
+    assert "requant ReLU + 4-bit clip  n=1000, L=20, k=12, L'=20  92000   133000   0      6" in (
+        m.group(1)
+    )

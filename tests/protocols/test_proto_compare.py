@@ -12,8 +12,8 @@ from privquant.protocols.primitives import ring
 
 def _run(groups, data0, data1, dealer, rvals):
     run = run_roles(
-        lambda corr: compare.offline(corr, groups, rvals),
-        lambda p, pre, data: compare.online(p, groups, pre, data),
+        lambda corr: compare.CIRCUIT.offline(corr, compare.circuit(groups), masks=rvals),
+        lambda p, pre, data: compare.CIRCUIT.online(p, compare.circuit(groups), pre, data),
         (data0,),
         (data1,),
         dealer=dealer,
@@ -78,7 +78,7 @@ def test_compare_exact_and_cost(groups, seed, dealer):
         assert len(e) == len(a)
         for ee, aa, bb in zip(e, a, b):
             assert torch.equal(aa ^ bb, ee)
-    c = compare.cost(groups)
+    c = compare.CIRCUIT.cost(compare.circuit(groups))
     assert (stats.bits_sent["online"], stats.bits_sent["offline"], stats.rounds) == (
         c.online_bits,
         c.offline_bits,

@@ -7,9 +7,9 @@ from privquant.protocols.preprocessing.dealer import (
     SEED_SETUP_COST,
     Seeds,
     establish_seeds,
-    make_correlations,
-    simulated_dealer_book,
+    make_provider,
 )
+from privquant.protocols.preprocessing.simulated import simulated_dealer_book
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.channel import combine
 from privquant.protocols.transport.thread import simulate
@@ -29,11 +29,11 @@ def test_establish_seeds_counts_and_pairs():
 
 def _correlations(corr):
     """A protocol-like offline function using every kind of correlation."""
-    r = corr.random_ring((6,), 13)
+    r = corr.random((6,), 13)
     rb = corr.share_bits(lambda: ring.bits(r.value, 13), (13, 6))
     p = corr.share_ring(lambda: r.value * 3 + 1, (6,), 17)
     tri = corr.and_triples(40)
-    common = corr.common_ring((3,), 9)
+    common = corr.common((3,), 9)
     keyed = corr.keyed_ring("d0", "w", (2,), 7)
     return {
         "r": r.share,
@@ -50,16 +50,14 @@ def _run(mode):
     if mode == "thread":
 
         def role(p):
-            return _correlations(make_correlations(p, Seeds.derived(5, p.rank)))
+            return _correlations(make_provider(p, Seeds.derived(5, p.rank)))
 
         res = simulate(role, role, role)
         return res.results, [p.stats for p in res.parties]
     book = simulated_dealer_book()
 
     def srole(p):
-        return _correlations(
-            make_correlations(p, Seeds.derived(5), simulated=True, dealer_book=book)
-        )
+        return _correlations(make_provider(p, Seeds.derived(5), simulated=True, dealer_book=book))
 
     res = simulate(srole, srole, insecure_simulated=True)
     return [*res.results[:2], None], [res.parties[0].stats, res.parties[1].stats, book.total]

@@ -11,8 +11,8 @@ from privquant.protocols.primitives import ring
 
 def _run(q0, q1, m, ell, dealer):
     run = run_roles(
-        lambda corr: lift.offline(corr, q0.numel(), ell),
-        lambda p, pre, q: lift.online(p, pre, q, m, ell),
+        lambda corr: lift.LIFT.offline(corr, lift.LiftSig(q0.numel(), m, ell)),
+        lambda p, pre, q: lift.LIFT.online(p, lift.LiftSig(q.numel(), m, ell), pre, q),
         (q0,),
         (q1,),
         dealer=dealer,
@@ -43,7 +43,7 @@ def test_lift_exact_and_cost(m, extra, n, seed, dealer):
     q1 = ring.reduce(q - q0, m)
     y0, y1, stats = _run(q0, q1, m, ell, dealer)
     assert torch.equal(ring.reconstruct(y0, y1, ell), q)
-    c = lift.cost(n, m, ell)
+    c = lift.LIFT.cost(lift.LiftSig(n, m, ell))
     assert (stats.bits_sent["online"], stats.bits_sent["offline"], stats.rounds) == (
         c.online_bits,
         c.offline_bits,

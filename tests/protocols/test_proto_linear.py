@@ -11,7 +11,7 @@ from privquant.errors import PrivQuantError
 from privquant.program import Op, apply_op
 from privquant.protocols.harness import run_protocol
 from privquant.protocols.linear import LINEAR, MAX_FLOAT_LIMBS, LinearSig, ring_lin
-from privquant.protocols.preprocessing.dealer import Seeds, make_correlations
+from privquant.protocols.preprocessing.dealer import Seeds, make_provider
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.thread import simulate
 
@@ -142,7 +142,7 @@ def test_setup_mask_is_uniform_and_weight_independent():
 
     def setup_f(weight):
         def body(p):
-            corr = make_correlations(p, seeds[p.rank])
+            corr = make_provider(p, seeds[p.rank])
             st = LINEAR.setup(corr, sig, {"weight": weight} if p.rank == 0 else None)
             return st.f if p.rank == 1 else None
 

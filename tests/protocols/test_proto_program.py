@@ -14,7 +14,7 @@ from privquant.protocols import (
     Cost,
     combine,
     establish_seeds,
-    make_correlations,
+    make_provider,
     simulate,
 )
 
@@ -105,7 +105,7 @@ def walk(party, program, rings, batch, x, backend, master, prefix=("setup/", "of
     """What a runtime walker does, in every role."""
     with party.scope("seeds"):
         seeds = establish_seeds(party, master=master)
-    corr = make_correlations(party, seeds)
+    corr = make_provider(party, seeds)
     plan = [
         (op, protocol(op.kind, backend), signature(op, program, rings, batch)) for op in program.ops
     ]

@@ -138,7 +138,7 @@ def test_requant_exact_and_cost(sig, seed, dealer):
     t = _inputs(sig, g)
     sig, q, run = _run_core(sig, t, dealer, seed)
     assert torch.equal(q, _reference(sig, t)), (sig, sig.plan)
-    assert_cost(run, rq.cost(sig))
+    assert_cost(run, rq.FUSED.cost(sig))
 
 
 H20 = 1 << 19
@@ -166,7 +166,7 @@ def test_requant_modes(fields, expect, dealer):
     t = _inputs(sig, torch.Generator().manual_seed(1), limit=200)
     sig, q, run = _run_core(sig, t, dealer)
     assert torch.equal(q, _reference(sig, t))
-    assert_cost(run, rq.cost(sig))
+    assert_cost(run, rq.FUSED.cost(sig))
 
 
 def test_requant_headline_numbers():
@@ -175,10 +175,10 @@ def test_requant_headline_numbers():
     in Z_2^20 it was 184 / 364 / 7)."""
     n = 100
     sig = rq.RequantSig(n, 20, 12, 0, 15, -H20, H20 - 1, 20)
-    c = rq.cost(sig)
+    c = rq.FUSED.cost(sig)
     assert sig.plan.group.d == 3 and sig.plan.lift and sig.plan.ell_poly == 5
     assert (c.online_bits / n, c.offline_bits / n, c.rounds) == (92, 133, 6)
-    u = rq.unfused_cost(sig)
+    u = rq.UNFUSED.cost(sig)
     assert u.online_bits > 1.5 * c.online_bits and u.rounds == 2 * c.rounds
 
 
@@ -221,8 +221,8 @@ def test_requant_unfused_exact_and_cost(sig, seed):
     )
     q = ring.reconstruct(run.out0, run.out1, sig.ell_out).reshape(-1)
     assert torch.equal(q, _reference(sig, t))
-    assert_cost(run, rq.unfused_cost(sig))
-    assert REQUANT_UNFUSED.cost(opsig) == rq.unfused_cost(sig)
+    assert_cost(run, rq.UNFUSED.cost(sig))
+    assert REQUANT_UNFUSED.cost(opsig) == rq.UNFUSED.cost(sig)
 
 
 # ----------------------------------------------------------------------------- op level
@@ -278,4 +278,4 @@ def test_requant_sweep_small_rings(L):
         t = torch.arange(tlo, thi + 1).repeat(3)
         sig, q, run = _run_core(sig, t, "simulated", seed=i)
         assert torch.equal(q, _reference(sig, t)), (sig, sig.plan)
-        assert_cost(run, rq.cost(sig))
+        assert_cost(run, rq.FUSED.cost(sig))

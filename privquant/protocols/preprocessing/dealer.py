@@ -1,4 +1,7 @@
-"""Correlated randomness from a dealer, in three roles sharing one code path.
+"""The ``dealer`` provider: correlated randomness from a non-colluding third party.
+
+It implements the correlation kinds of :mod:`.base` (the table there lists them with their
+costs) in three roles sharing one code path.
 
 Seeds. The dealer shares a PRG seed with each party (pairs ``"d0"`` = {P0, D} and ``"d1"`` =
 {P1, D}); P0 and P1 share a seed for common randomness (pair ``"01"``, unknown to the dealer).
@@ -6,17 +9,17 @@ Seeds. The dealer shares a PRG seed with each party (pairs ``"d0"`` = {P0, D} an
 Each pair seed expands into named SHAKE-256 streams (``Seeds.generator(pair, label)``: key =
 SHA-256(seed / label), see :mod:`privquant.protocols.primitives.prg`).
 
-Correlations. Every correlation is produced by a function run *identically* by P0, P1 and D on a
-:class:`Correlations` object for their role:
+Mechanism. Every correlation is produced by a function run *identically* by P0, P1 and D on a
+:class:`DealerProvider` for their role; the kinds are built from these primitives:
 
-* ``random_ring``/``random_bits``: a random value whose two shares are both seeded -- P0 draws its
+* ``random``/``random_bits``: a random value whose two shares are both seeded -- P0 draws its
   share from ``d0``, P1 from ``d1``; the dealer draws both and knows the value. Cost 0.
 * ``share_ring``/``share_bits``: shares of a value only the dealer can compute (``fn()``, e.g. the
   bits of ``r`` or a triple's ``a*b``). P0's share is seeded (``d0``); the dealer computes
   ``fn() - s0`` (or ``fn() xor s0``) and sends it to P1: ``n*ell`` offline bits, one message.
 * ``and_triples(G)``: ``a, b`` random bits (both seeded), ``c = a & b`` via ``share_bits``:
-  G offline bits.
-* ``common_ring``: randomness known to P0 and P1 only (pair ``"01"``).
+  G offline bits (a building block for tests and other protocols).
+* ``common``: randomness known to P0 and P1 only (pair ``"01"``).
 * ``keyed_ring(pair, key)``: a value re-derivable at any time from the pair seed and a key (used for
   the per-model linear-layer masks ``B`` of the setup phase).
 
@@ -26,10 +29,9 @@ sequence of correlations as the parties, every protocol exposes ``offline(corr, 
 only these calls and public signatures; the dealer process walks the same public sequence of
 signatures and runs only ``offline``.
 
-:class:`SimulatedCorrelations` is the in-process dealer for unit tests: both parties hold every
-seed and P1 computes its corrections itself. The offline traffic is still accounted (as received
-by P1 and sent by a virtual dealer), and every :class:`~privquant.protocols.channel.CommStats`
-made this way carries ``insecure_simulated=True``. Never use it outside tests.
+:class:`~.simulated.SimulatedProvider` is the in-process dealer for unit tests: both parties
+hold every seed and P1 computes its corrections itself; the offline traffic is still accounted
+and every ``CommStats`` made this way carries ``insecure_simulated=True``.
 
 Seeds come from :mod:`secrets` (the OS CSPRNG) unless a test passes a master value.
 """
@@ -44,17 +46,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from privquant.protocols.preprocessing.base import Provider, Rand, Triples
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import Cost
-from privquant.protocols.primitives.packing import packed_nbytes
 from privquant.protocols.primitives.prg import Prg
 from privquant.protocols.transport.channel import (
     CLIENT,
     DEALER,
-    HEADER_BYTES,
     SERVER,
     Party,
-    StatsBook,
 )
 
 PAIRS = ("d0", "d1", "01")
@@ -119,36 +119,14 @@ def establish_seeds(party: Party, master: int | bytes | None = None) -> Seeds:
     return Seeds({"d1": s1, "01": c})
 
 
-@dataclass
-class Rand:
-    """A random correlation: this role's ``share`` (None at the dealer) and the ``value``
-    (known at the dealer and in simulated mode, else None)."""
-
-    share: torch.Tensor | None
-    value: torch.Tensor | None
-
-
-@dataclass
-class Triples:
-    """XOR shares of AND triples ``c = a & b`` (flat uint8 tensors); ``None`` at the dealer."""
-
-    a: torch.Tensor | None
-    b: torch.Tensor | None
-    c: torch.Tensor | None
-
-    def slice(self, start: int, stop: int) -> Triples:
-        if self.a is None:
-            return self
-        return Triples(self.a[start:stop], self.b[start:stop], self.c[start:stop])
-
-
-class Correlations:
-    """Role-specific source of correlated randomness (see module docstring).
+class DealerProvider(Provider):
+    """The dealer provider for one role (see the module docstring).
 
     ``party`` is the role's :class:`Party` (it carries the dealer -> P1 corrections);
     ``seeds`` the pair seeds this role knows.
     """
 
+    mode = "dealer"
     simulated = False
 
     def __init__(self, party: Party, seeds: Seeds, stream: str = "offline"):
@@ -174,7 +152,7 @@ class Correlations:
         return v0 if self.role == SERVER else v1 if self.role == CLIENT else None
 
     # -- seeded randomness
-    def random_ring(self, shape, ell: int) -> Rand:
+    def random(self, shape, ell: int) -> Rand:
         """Random ``r`` in Z_2^ell with both arithmetic shares seeded (0 offline bits)."""
         r0 = ring.uniform(self._gens["d0"], shape, ell) if self._draws("d0") else None
         r1 = ring.uniform(self._gens["d1"], shape, ell) if self._draws("d1") else None
@@ -195,7 +173,7 @@ class Correlations:
         b1 = ring.random_bits(self._gens["d1"], shape) if self._draws("d1") else None
         return b0, b1
 
-    def common_ring(self, shape, ell: int) -> torch.Tensor | None:
+    def common(self, shape, ell: int) -> torch.Tensor | None:
         """Randomness shared by P0 and P1 only (None at the dealer)."""
         return ring.uniform(self._gens["01"], shape, ell) if self.role != DEALER else None
 
@@ -255,55 +233,52 @@ class Correlations:
             return Triples(None, None, None)
         return Triples(a.share, b.share, c)
 
+    # -- the correlation kinds (:mod:`.base`)
+    def mask_bits(self, r: Rand, nbits: int) -> torch.Tensor | None:
+        n = _numel(r.share.shape if r.share is not None else r.value.shape)
+        return self.share_bits(lambda: ring.bits(r.value.reshape(-1), nbits), (nbits, n))
 
-class SimulatedCorrelations(Correlations):
-    """In-process dealer for tests: every party holds every seed (INSECURE).
+    def gates_and_monomials(
+        self, pairs, n_gates: int, monomials, n_monomials: int
+    ) -> torch.Tensor | None:
+        def products() -> torch.Tensor:
+            out = []
+            for m, gs in pairs:
+                if gs:
+                    ii = torch.tensor([i for i, _ in gs])
+                    jj = torch.tensor([j for _, j in gs])
+                    out.append((m.value[ii] & m.value[jj]).reshape(-1))
+            if n_monomials:
+                out.append(monomials().reshape(-1))
+            return torch.cat(out) if out else torch.empty(0, dtype=torch.uint8)
 
-    P1 computes its corrections itself; the bits are booked as received by P1 and as sent by a
-    virtual dealer (``dealer_book``, see :func:`simulated_dealer_book`), with
-    ``insecure_simulated=True``. Build with ``make_correlations(..., simulated=True)``.
-    """
+        size = n_gates + n_monomials
+        return self.share_bits(products, (size,)) if size else None
 
-    simulated = True
+    def products(self, values, shape, ell: int) -> torch.Tensor | None:
+        return self.share_ring(values, shape, ell)
 
-    def __init__(
-        self,
-        party: Party,
-        seeds: Seeds,
-        dealer_book: StatsBook | None = None,
-        stream: str = "offline",
-    ):
-        if party.rank == DEALER:
-            raise ValueError("a simulated dealer has no dealer process")
-        party.book.insecure_simulated = True
-        party.book.total.insecure_simulated = True
-        self.dealer_book = dealer_book
-        super().__init__(party, seeds, stream)
+    def bit_product(self, rho0, rho1, shape, ell: int) -> torch.Tensor | None:
+        return self.share_ring(lambda: (rho0 & rho1).long(), shape, ell)
 
-    def _deliver(self, correction, shape, ell, tag):
-        if self.role != CLIENT:
-            return None
-        c = correction()
-        n = int(np.prod(shape)) if len(shape) else 1
-        wire = HEADER_BYTES + packed_nbytes(n, ell)
-        scope = self.party.book.current_scope
-        self.party.book.record_recv("offline", n * ell, wire, 1, 1 if scope else 0, scope=scope)
-        if self.dealer_book is not None:
-            if scope is not None:
-                self.dealer_book.scope_stats(scope)
-            self.dealer_book.record_send("offline", n * ell, wire, scope=scope)
-        return c.to(torch.uint8) if ell == 1 else c
+    def linear_setup(self, key: str, w_shape, ell: int) -> torch.Tensor | None:
+        # P0 and the dealer (and a simulated P1, which plays the dealer too) know B
+        return self.keyed_ring("d0", f"linear/{key}", w_shape, ell)
+
+    def linear(self, fn, a: Rand, y_shape, ell: int) -> torch.Tensor | None:
+        return self.share_ring(lambda: fn(a.value), y_shape, ell)
 
 
-def simulated_dealer_book() -> StatsBook:
-    """A stats book standing in for the dealer of a simulated run (flagged insecure)."""
-    return StatsBook(insecure_simulated=True)
+def _numel(shape) -> int:
+    return int(np.prod(shape)) if len(shape) else 1
 
 
-def make_correlations(
-    party: Party, seeds: Seeds, *, simulated: bool = False, dealer_book: StatsBook | None = None
-) -> Correlations:
-    """The :class:`Correlations` for ``party``'s role (simulated: in-process dealer, tests only)."""
+def make_provider(
+    party: Party, seeds: Seeds, *, simulated: bool = False, dealer_book=None
+) -> DealerProvider:
+    """The dealer provider for ``party``'s role (simulated: in-process dealer, tests only)."""
     if simulated:
-        return SimulatedCorrelations(party, seeds, dealer_book)
-    return Correlations(party, seeds)
+        from privquant.protocols.preprocessing.simulated import SimulatedProvider
+
+        return SimulatedProvider(party, seeds, dealer_book)
+    return DealerProvider(party, seeds)

@@ -1,0 +1,50 @@
+"""The protocol catalogue rendered from the code: every protocol's ``cost()`` on a few public
+signatures, under the dealer. ``render()`` produces the table that the package docstring
+(:mod:`privquant.protocols`) and ``docs/protocols.md`` show; a test fails when they drift.
+"""
+
+from __future__ import annotations
+
+from privquant.protocols.basic import OPEN, OPEN_TO, OpenSig, OpenToSig
+from privquant.protocols.compare import CIRCUIT, COMPARE, CompareSig, Group, circuit
+from privquant.protocols.lift import LIFT, LiftSig
+from privquant.protocols.linear import LINEAR, LinearSig
+from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
+from privquant.protocols.requant import FUSED, UNFUSED, RequantSig
+
+N = 1000  # elements (or output windows) per example row
+
+
+def examples():
+    """(protocol, signature description, protocol object, signature) rows."""
+    relu_clip = RequantSig(N, 20, 12, 0, 15, -(1 << 19), (1 << 19) - 1, 20)
+    conv = LinearSig("conv2d", (1, 16, 8, 8), (32, 16, 3, 3), 20, (1, 1), (1, 1), 1, "c")
+    yield "open", f"n={N}, ell=16", OPEN, OpenSig((N,), 16)
+    yield "open_to / output", f"n={N}, ell=16", OPEN_TO, OpenToSig((N,), 16)
+    yield "linear conv 16->32, 3x3", "8x8, ell=20", LINEAR, conv
+    yield "circuit (1 job, 19 bits)", f"n={N}", CIRCUIT, circuit([Group(N, 0, (19,))])
+    yield "compare x >= 0", f"n={N}, ell=20", COMPARE, CompareSig(N, 20, (0,))
+    yield "lift Z_2^5 -> Z_2^20", f"n={N}", LIFT, LiftSig(N, 5, 20)
+    yield "requant ReLU + 4-bit clip", f"n={N}, L=20, k=12, L'=20", FUSED, relu_clip
+    yield "requant (unfused)", f"n={N}, L=20, k=12, L'=20", UNFUSED, relu_clip
+    yield (
+        "maxpool 2x2",
+        "8x8x16 in, 4-bit, L=6",
+        MAXPOOL,
+        MaxpoolSig((1, 16, 8, 8), (2, 2), (2, 2), (0, 0), 0, 15, 6, 6),
+    )
+
+
+def render() -> str:
+    """The catalogue as an RST simple table of bits (online, offline, setup) and rounds."""
+    head = ("protocol", "signature", "online", "offline", "setup", "rounds")
+    rows = []
+    for name, desc, proto, sig in examples():
+        c = proto.cost(sig, "dealer")
+        rows.append(
+            (name, desc, str(c.online_bits), str(c.offline_bits), str(c.setup_bits), str(c.rounds))
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    rule = "  ".join("=" * w for w in widths)
+    fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([rule, fmt(head), rule, *(fmt(r) for r in rows), rule])
