@@ -190,6 +190,7 @@ class Conv2dKind(LinearLayerKind):
             pair(a.get("padding", 0)),
             int(a.get("groups", 1)),
             key=op.name,
+            w_bits=int(a["w_bits"]),
         )
 
 

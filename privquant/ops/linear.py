@@ -53,7 +53,14 @@ class LinearKind(LinearLayerKind):
 
     def signature(self, op, program, rings, batch):
         x = batched(batch, program.tensors[op.inputs[0]].shape)
-        return LinearSig("linear", x, self.weight_shape(op), rings[op.output], key=op.name)
+        return LinearSig(
+            "linear",
+            x,
+            self.weight_shape(op),
+            rings[op.output],
+            key=op.name,
+            w_bits=int(op.attrs["w_bits"]),
+        )
 
 
 KIND = LinearKind()

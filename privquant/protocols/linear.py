@@ -55,7 +55,9 @@ EXACT = 1 << 53
 @dataclass(frozen=True)
 class LinearSig:
     """``kind`` is ``"conv2d"`` (x (N, C, H, W), weight (O, C/groups, kh, kw)) or ``"linear"``
-    (x (N, K), weight (O, K)); ``ell`` is the output ring; ``key`` names the layer's setup mask."""
+    (x (N, K), weight (O, K)); ``ell`` is the output ring; ``key`` names the layer's setup mask;
+    ``w_bits`` is the public weight width (signed), used by the dealer-free protocols (the
+    weight-bit OTs, the HE parameters)."""
 
     kind: str
     x_shape: tuple[int, ...]
@@ -65,6 +67,7 @@ class LinearSig:
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
     key: str = ""
+    w_bits: int = 8
 
     @cached_property
     def y_shape(self) -> tuple[int, ...]:
