@@ -117,3 +117,24 @@ class OtProtocol(Protocol):
                 f"preprocessing='ot', not {preprocessing!r}"
             )
         return to_cost(self.full_cost(sig))
+
+
+SEND01, SEND10, EXCHANGE = "01", "10", "x"
+
+
+def lamport_depth(steps) -> int:
+    """Online rounds (joint Lamport depth, as the channel measures them from synchronized clocks)
+    of a sequence of steps: ``"01"`` P0 sends to P1, ``"10"`` P1 to P0, ``"x"`` a simultaneous
+    exchange. A one-way message from the party that is behind overlaps the previous step (e.g. P1
+    opening the next level right after a product round whose last message came from P0)."""
+    c0 = c1 = 0
+    for s in steps:
+        if s == SEND01:
+            c1 = max(c1, c0 + 1)
+        elif s == SEND10:
+            c0 = max(c0, c1 + 1)
+        elif s == EXCHANGE:
+            c0, c1 = max(c0, c1 + 1), max(c1, c0 + 1)
+        else:
+            raise ValueError(f"unknown step {s!r}")
+    return max(c0, c1)

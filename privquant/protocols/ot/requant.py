@@ -76,8 +76,12 @@ from privquant.protocols.ot import circuit, cotprod, select
 from privquant.protocols.ot import lift as otlift
 from privquant.protocols.ot.common import (
     DEFAULT_K,
+    EXCHANGE,
+    SEND01,
+    SEND10,
     Batch,
     OtProtocol,
+    lamport_depth,
     private_ring,
     session_of,
 )
@@ -254,27 +258,19 @@ def plan_cost(plan: OtRequantPlan) -> OtCost:
         return OtCost()
     if plan.kind == "extend":
         return otlift.full_cost(K, _lift_sig(plan))
-    on_bits, off_bits, rounds = n * plan.L, 0, 1
+    parts, steps = [], [SEND10]
     if plan.group is not None:
-        c = plan.group.cost()
-        on_bits, off_bits, rounds = (
-            on_bits + c.online_bits,
-            off_bits + c.offline_bits,
-            rounds + c.online_rounds,
-        )
-    c = sel_spec(plan).cost(K)
-    on_bits, off_bits, rounds = (
-        on_bits + c.online_bits,
-        off_bits + c.offline_bits,
-        rounds + c.online_rounds,
-    )
+        parts.append(plan.group.cost())
+        steps += [SEND01] + [EXCHANGE] * plan.group.layout.depth
+    parts.append(sel_spec(plan).cost(K))
+    if parts[-1].online_bits:
+        steps.append(EXCHANGE)
     if plan.lift:
-        c = otlift.full_cost(K, _lift_sig(plan))
-        on_bits, off_bits, rounds = (
-            on_bits + c.online_bits,
-            off_bits + c.offline_bits,
-            rounds + c.online_rounds,
-        )
+        parts.append(otlift.full_cost(K, _lift_sig(plan)))
+        steps.append(EXCHANGE)
+    on_bits = n * plan.L + sum(c.online_bits for c in parts)
+    off_bits = sum(c.offline_bits for c in parts)
+    rounds = lamport_depth(steps)
     return OtCost(
         online_bits=on_bits,
         offline_bits=off_bits,
