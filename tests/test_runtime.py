@@ -147,8 +147,7 @@ def test_ot_preprocessing_is_wired_and_refuses_ops_without_a_dealer_free_protoco
 
     for kind in ("input", "flatten", "sumpool", "neg", "output"):
         assert ops.protocol(kind, "privquant", "ot").dealer_free
-    for kind, proto in ops.KINDS.items():
-        p = ops.get(kind)
+    for kind, p in ops.KINDS.items():
         if not p.ot_protocols and not getattr(p.protocols["privquant"], "dealer_free", False):
             with pytest.raises(Unavailable, match=kind):
                 ops.protocol(kind, "privquant", "ot")
