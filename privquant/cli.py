@@ -225,6 +225,7 @@ def cmd_infer(args) -> None:
         timeout=args.timeout,
         progress=not args.json,
         chunk=args.chunk,
+        preprocessing=args.preprocessing,
     )
     rep = res.pop("report")
     res["comm"] = rep.as_dict()
@@ -786,6 +787,12 @@ def build_parser() -> argparse.ArgumentParser:
     input_opts(i)
     i.add_argument("--random", type=int, metavar="N", help="N random images (CIFAR models)")
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument(
+        "--preprocessing",
+        default="dealer",
+        choices=["dealer", "ot"],
+        help="dealer: a non-colluding third process; ot: the two parties alone (OT/HE)",
+    )
     party_opts(i)
     i.set_defaults(func=cmd_infer)
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from privquant import ops
 from privquant.program import Program, ring_bits
+from privquant.protocols.preprocessing.base import check_mode
 from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
+from privquant.protocols.preprocessing.ot_provider import DEFAULT_K
+from privquant.protocols.preprocessing.ot_provider import setup_cost as ot_setup_cost
 from privquant.protocols.primitives.cost import Cost
 
 FIELDS = ("online_bits", "offline_bits", "setup_bits", "rounds")
@@ -19,12 +22,28 @@ SEEDS_SCOPE = "(seeds)"
 HANDSHAKE_SCOPE = "(handshake)"
 
 
+TRUST = {
+    "dealer": "non-colluding dealer (third party, like CrypTen's TTP)",
+    "simulated": "simulated dealer (INSECURE, tests only)",
+    "ot": "two parties only (OT extension / HE; like SiRNN, Cheetah)",
+}
+
+
+def provider_setup_cost(preprocessing: str = "dealer", ot_k: int = DEFAULT_K) -> Cost:
+    """Setup traffic of the preprocessing provider (the ``(seeds)`` scope)."""
+    if check_mode(preprocessing) == "ot":
+        return ot_setup_cost(ot_k)
+    return SEED_SETUP_COST
+
+
 def declared(
     program: Program,
     *,
     batch: int = 1,
     backend: str = "privquant",
     batches: list[int] | None = None,
+    preprocessing: str = "dealer",
+    ot_k: int = DEFAULT_K,
 ) -> tuple[Cost, dict[str, Cost], dict[str, list[str]]]:
     """``(total, {scope: Cost}, {scope: [op kinds]})`` of one private inference of ``program``.
 
@@ -34,12 +53,12 @@ def declared(
     Lamport depth (consecutive layers may overlap by one message; ``protocols.transport.channel``).
     """
     rings = ring_bits(program)
-    scopes: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
+    scopes: dict[str, Cost] = {SEEDS_SCOPE: provider_setup_cost(preprocessing, ot_k)}
     kinds: dict[str, list[str]] = {SEEDS_SCOPE: ["seeds"]}
     for op in program.ops:
         c = None
         for b in batches or [batch]:
-            cb = ops.op_cost(op, program, rings, b, backend)
+            cb = ops.op_cost(op, program, rings, b, backend, preprocessing)
             # setup runs once per session: later chunks add online, offline and rounds
             c = cb if c is None else c.then(Cost(cb.online_bits, cb.offline_bits, 0, cb.rounds))
         scopes[op.name] = scopes[op.name].then(c) if op.name in scopes else c
@@ -47,7 +66,16 @@ def declared(
     return Cost.sequence(scopes.values()), scopes, kinds
 
 
-def program_cost(program: Program, *, batch: int = 1, backend: str = "privquant"):
+def program_cost(
+    program: Program,
+    *,
+    batch: int = 1,
+    backend: str = "privquant",
+    preprocessing: str = "dealer",
+    ot_k: int = DEFAULT_K,
+):
     """Declared cost of one private inference of ``program``: ``(total, {scope: Cost})``."""
-    total, scopes, _ = declared(program, batch=batch, backend=backend)
+    total, scopes, _ = declared(
+        program, batch=batch, backend=backend, preprocessing=preprocessing, ot_k=ot_k
+    )
     return total, scopes

@@ -81,7 +81,7 @@ def _run_role(rank: int, rdv: str, timeout: float, backend: str, payload: dict) 
     )
     from privquant.serving import ClientSession, dealer_session, server_session
 
-    init_communicator(rank, rdv, timeout=timeout)
+    init_communicator(rank, rdv, timeout=timeout, dealer=payload["dealer"])
     try:
         party = Party(rank, CryptenTransport(timeout=timeout))
         try:
@@ -116,10 +116,12 @@ def infer_local(
     timeout: float = 60.0,
     progress: bool = False,
     chunk: int = 32,
+    preprocessing: str = "dealer",
 ) -> dict:
     """Private inference of ``images`` (uint8, (N, *input_shape)) with all roles on this machine.
 
-    ``artifact``: a QuantizedModel or a ``.pq`` path (loaded once, here)."""
+    ``artifact``: a QuantizedModel or a ``.pq`` path (loaded once, here). ``preprocessing``:
+    ``dealer`` (server, client and dealer processes) or ``ot`` (server and client only)."""
     from privquant.quantized import QuantizedModel
     from privquant.serving import Policy
 
@@ -127,13 +129,20 @@ def infer_local(
     x = check_input(art.program, images).to(torch.uint8)
     if not 1 <= chunk <= 1 << 16:
         raise PrivQuantError("chunk must be in 1..65536")
-    policy = Policy(output="logits", max_batch=int(min(chunk, len(x))))
+    policy = Policy(preprocessing, output="logits", max_batch=int(min(chunk, len(x))))
+    dealer = policy.needs_dealer
     ref = run_plain(art.program, x)
     payloads = {
-        0: {"program": art.program, "policy": policy},
-        1: {"x": x.numpy(), "hash": art.architecture_hash(), "progress": progress},
-        2: {},
+        0: {"program": art.program, "policy": policy, "dealer": dealer},
+        1: {
+            "x": x.numpy(),
+            "hash": art.architecture_hash(),
+            "progress": progress,
+            "dealer": dealer,
+        },
+        2: {"dealer": dealer},
     }
+    ranks = (0, 2, 1) if dealer else (0, 1)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # inherited by the children
     ctx = mp.get_context("spawn")
     rdv_dir = tempfile.mkdtemp(prefix="privquant-rdv-")  # 0700; rendezvous addresses only
@@ -141,7 +150,7 @@ def infer_local(
     t0 = time.perf_counter()
     try:
         rdv = f"file://{rdv_dir}/store"
-        for rank in (0, 2, 1):
+        for rank in ranks:
             recv, send = ctx.Pipe(duplex=False)
             p = ctx.Process(
                 target=_role_main,
@@ -164,13 +173,19 @@ def infer_local(
     wall = time.perf_counter() - t0
     cl = outs[1]
     logits_int = torch.from_numpy(np.asarray(cl["logits_int"], dtype=np.int64))
-    parties = [outs[0], outs[1], outs[2]]
+    parties = [outs[r] for r in sorted(outs)]
     secs = {
         "wall": wall,
         **{f"{p['role']}_{k}": v for p in parties for k, v in p["seconds"].items()},
     }
     report = CommReport.from_stats(
-        art.program, parties, batch=len(x), backend=backend, seconds=secs, batches=cl["batches"]
+        art.program,
+        parties,
+        batch=len(x),
+        backend=backend,
+        seconds=secs,
+        batches=cl["batches"],
+        preprocessing=preprocessing,
     )
     return {
         "model": art.model,
@@ -185,14 +200,28 @@ def infer_local(
 
 
 def infer(
-    artifact, x, *, backend: str = "privquant", timeout: float = 60.0, progress: bool = False
+    artifact,
+    x,
+    *,
+    backend: str = "privquant",
+    timeout: float = 60.0,
+    progress: bool = False,
+    preprocessing: str = "dealer",
 ) -> dict:
     """Python API: private inference of ``x`` with all parties on this machine.
 
     ``artifact`` is a QuantizedModel or a ``.pq`` path; returns the client's labels and logits,
     the plaintext labels, ``identical`` (logits == plaintext integer program) and a CommReport.
+    ``preprocessing``: ``dealer`` (a non-colluding third process) or ``ot`` (two parties only).
     """
-    return infer_local(artifact, x, backend=backend, timeout=timeout, progress=progress)
+    return infer_local(
+        artifact,
+        x,
+        backend=backend,
+        timeout=timeout,
+        progress=progress,
+        preprocessing=preprocessing,
+    )
 
 
 def _wait_roles(procs: dict[int, tuple], limit: float) -> dict[int, dict]:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from privquant.costs import FIELDS, HANDSHAKE_SCOPE, MB, SEEDS_SCOPE, declared
+from privquant.costs import FIELDS, HANDSHAKE_SCOPE, MB, SEEDS_SCOPE, TRUST, declared
 from privquant.program import Program
+from privquant.protocols.preprocessing.ot_provider import DEFAULT_K
 from privquant.protocols.transport.channel import CommStats, combine
 
 __all__ = ["FIELDS", "HANDSHAKE_SCOPE", "MB", "SEEDS_SCOPE", "CommReport", "LayerComm"]
@@ -38,7 +39,7 @@ class LayerComm:
 class CommReport:
     model: str
     backend: str
-    preprocessing: str  # "dealer" | "simulated (insecure, tests only)"
+    preprocessing: str  # "dealer" | "ot" | "simulated (insecure, tests only)"
     batch: int
     layers: list[LayerComm]
     total: dict[str, int]
@@ -56,13 +57,22 @@ class CommReport:
         seconds: dict | None = None,
         view: str = "all parties",
         batches: list[int] | None = None,
+        preprocessing: str = "dealer",
+        ot_k: int = DEFAULT_K,
     ) -> CommReport:
         """Build from each party's ``{"stats": ..., "scopes": ...}`` (RoleResult fields).
 
         ``batches``: the inferences of a session (their sizes), when the batch ran in several
         chunks after one setup: the declared cost is then the chunks' costs in sequence."""
         totals = combine([CommStats.from_dict(p["stats"]) for p in parties])
-        _total, costs, kinds = declared(program, batch=batch, backend=backend, batches=batches)
+        _total, costs, kinds = declared(
+            program,
+            batch=batch,
+            backend=backend,
+            batches=batches,
+            preprocessing=preprocessing,
+            ot_k=ot_k,
+        )
         names = list(kinds)
         extra = sorted({s for p in parties for s in p["scopes"]} - set(names))
         layers = []
@@ -86,7 +96,7 @@ class CommReport:
         return cls(
             program.model,
             backend,
-            "simulated (insecure, tests only)" if insecure else "dealer",
+            "simulated (insecure, tests only)" if insecure else preprocessing,
             batch,
             layers,
             {
@@ -110,6 +120,7 @@ class CommReport:
             "model": self.model,
             "backend": self.backend,
             "preprocessing": self.preprocessing,
+            "trust_model": self.trust_model,
             "batch": self.batch,
             "view": self.view,
             "total": self.total,
@@ -134,11 +145,16 @@ class CommReport:
             ],
         }
 
+    @property
+    def trust_model(self) -> str:
+        return TRUST.get(self.preprocessing.split(" ")[0], self.preprocessing)
+
     def table(self) -> str:
         """A fixed-width per-layer table (MB per phase, rounds, declared == measured)."""
+        title = f"preprocessing: {self.preprocessing} -- trust model: {self.trust_model}"
         head = f"{'layer':<28}{'ops':<22}{'online MB':>11}{'offline MB':>11}{'setup MB':>10}"
         head += f"{'rounds':>8}  ok"
-        rows = [head, "-" * len(head)]
+        rows = [title, head, "-" * len(head)]
         for x in self.layers:
             rows.append(
                 f"{x.name[:27]:<28}{'+'.join(x.kinds)[:21]:<22}{x.online_bits / MB:>11.4f}"

@@ -3,10 +3,11 @@
 Each role walks the same public program in the same order; a backend maps op kinds to
 protocols (the op table, :mod:`privquant.ops`). Phases, each attributed per layer scope:
 
-1. **setup** (once per model load): seed distribution, then every protocol's ``setup`` (the
-   linear layers' masked weights ``F = W - B`` sent from server to client);
-2. **offline** (per inference): every protocol's ``offline`` (correlated randomness from the
-   dealer; the dealer runs only this phase);
+1. **setup** (once per model load): the provider's setup (dealer: seed distribution; ``ot``: a
+   common seed and base OTs), then every protocol's ``setup`` (e.g. the linear layers' weight
+   masks);
+2. **offline** (per inference): every protocol's ``offline`` (correlated randomness by kind from
+   the provider; the dealer runs only this phase);
 3. **online**: the client shares its input (no traffic), the protocols run layer by layer, and the
    logits are opened to the client alone.
 
@@ -25,6 +26,7 @@ from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.program import Program, check_input, ring_bits
 from privquant.protocols.preprocessing.dealer import establish_seeds, make_provider
+from privquant.protocols.preprocessing.ot_provider import DEFAULT_K, OtProvider
 from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
 from privquant.report import SEEDS_SCOPE
 
@@ -61,83 +63,45 @@ def run_role(
     simulated: bool = False,
     dealer_book=None,
     progress: bool = False,
+    preprocessing: str = "dealer",
+    ot_k: int = DEFAULT_K,
 ) -> RoleResult:
-    """Run ``party``'s role of a private inference of ``program`` on ``batch`` samples.
+    """Run ``party``'s role of one private inference of ``program`` on ``batch`` samples: a
+    :class:`Session` with one inference (setup, then each layer's preprocessing and online step).
 
     The server's ``program`` carries the weights; the client's and the dealer's are the public
     program. ``x`` is the client's uint8 input batch (N, *input_shape) and is validated before
     anything is shared. ``seeds`` skips seed distribution (tests); ``simulated`` uses the
-    in-process dealer (tests only: every result it touches is flagged insecure).
+    in-process dealer (tests only: every result it touches is flagged insecure);
+    ``preprocessing="ot"`` runs without a dealer (``ot_k``: SoftSpokenOT's parameter).
     """
-    rank = party.rank
-    if rank == SERVER and not program.has_weights:
-        raise PrivQuantError("the server needs the full program (with weights)")
-    if rank == CLIENT:
+    s = Session(
+        party,
+        program,
+        backend=backend,
+        seeds=seeds,
+        simulated=simulated,
+        dealer_book=dealer_book,
+        progress=progress,
+        preprocessing=preprocessing,
+        ot_k=ot_k,
+    )
+    if party.rank == CLIENT:
         if x is None:
             raise PrivQuantError("the client must provide an input")
         x = check_input(program, x)
         if x.shape[0] != batch:
             raise PrivQuantError(f"input batch {x.shape[0]} differs from the agreed batch {batch}")
-    rings = ring_bits(program)
-    sigs = [ops.signature(op, program, rings, batch) for op in program.ops]
-    protos = [ops.protocol(op.kind, backend) for op in program.ops]
-    params = secret_params(program) if rank == SERVER else {}
-    seconds: dict[str, float] = {}
-
-    t0 = time.perf_counter()
-    if seeds is None:
-        with party.scope(SEEDS_SCOPE):
-            seeds = establish_seeds(party)
-    corr = make_provider(party, seeds, simulated=simulated, dealer_book=dealer_book)
-    states = []
-    for op, proto, sig in zip(program.ops, protos, sigs):
-        with party.scope(op.name):
-            states.append(proto.setup(corr, sig, params.get(op.name)))
-    seconds["setup"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    pres = []
-    for op, proto, sig, st in zip(program.ops, protos, sigs, states):
-        with party.scope(op.name):
-            pres.append(proto.offline(corr, sig, st))
-    seconds["offline"] = time.perf_counter() - t0
-
-    logits = None
-    if rank != DEALER:
-        t0 = time.perf_counter()
-        env: dict[str, torch.Tensor] = {}
-        bar = tqdm(
-            total=len(program.ops),
-            desc="private inference",
-            unit="op",
-            disable=not progress,
-            leave=False,
-        )
-        for op, proto, sig, pre in zip(program.ops, protos, sigs, pres):
-            bar.set_postfix_str(op.name)
-            with party.scope(op.name):
-                if op.kind == "input":
-                    env[op.output] = proto.online(party, sig, pre, x if rank == CLIENT else None)
-                else:
-                    env[op.output] = proto.online(party, sig, pre, *[env[i] for i in op.inputs])
-            bar.update(1)
-        bar.close()
-        logits = env[program.output_op.output] if rank == CLIENT else None
-        seconds["online"] = time.perf_counter() - t0
-    return RoleResult(
-        rank,
-        logits,
-        seconds,
-        party.stats.as_dict(),
-        {k: v.as_dict() for k, v in party.scopes.items()},
-        simulated,
-    )
+    s.setup()
+    res = s.infer(batch, x)
+    total = s.result()
+    return RoleResult(party.rank, res.logits, total.seconds, total.stats, total.scopes, simulated)
 
 
 # ------------------------------------------------------------------------------------ sessions
 # Output policies this runtime can execute. The lead's secure argmax adds "label" / "topk:K".
 OUTPUT_POLICIES = ("logits",)
-PREPROCESSING_MODES = ("dealer",)
+PREPROCESSING_MODES = ("dealer", "ot")
 
 
 def _last_use(program: Program) -> dict[str, int]:
@@ -174,6 +138,7 @@ class Session:
         progress: bool = False,
         preprocessing: str = "dealer",
         output: str = "logits",
+        ot_k: int = DEFAULT_K,
     ):
         if preprocessing not in PREPROCESSING_MODES:
             raise PrivQuantError(
@@ -187,11 +152,14 @@ class Session:
             )
         if party.rank == SERVER and not program.has_weights:
             raise PrivQuantError("the server needs the full program (with weights)")
+        if preprocessing == "ot" and (party.rank == DEALER or simulated):
+            raise PrivQuantError("'ot' preprocessing runs between the server and the client only")
+        self.preprocessing, self.ot_k = preprocessing, ot_k
         self.party, self.program, self.backend = party, program, backend
         self.seeds, self.simulated, self.dealer_book = seeds, simulated, dealer_book
         self.progress, self.output = progress, output
         self.rings = ring_bits(program)
-        self.protos = [ops.protocol(op.kind, backend) for op in program.ops]
+        self.protos = [ops.protocol(op.kind, backend, preprocessing) for op in program.ops]
         self._last = _last_use(program)
         self.corr = None
         self.states: list | None = None
@@ -201,13 +169,18 @@ class Session:
     def setup(self) -> None:
         party, program = self.party, self.program
         t0 = time.perf_counter()
-        seeds = self.seeds
-        if seeds is None:
+        if self.preprocessing == "ot":
             with party.scope(SEEDS_SCOPE):
-                seeds = establish_seeds(party)
-        self.corr = make_provider(
-            party, seeds, simulated=self.simulated, dealer_book=self.dealer_book
-        )
+                self.corr = OtProvider(party, self.ot_k, master=self.seeds)
+                self.corr.setup()
+        else:
+            seeds = self.seeds
+            if seeds is None:
+                with party.scope(SEEDS_SCOPE):
+                    seeds = establish_seeds(party)
+            self.corr = make_provider(
+                party, seeds, simulated=self.simulated, dealer_book=self.dealer_book
+            )
         params = secret_params(program) if party.rank == SERVER else {}
         sigs = [ops.signature(op, program, self.rings, 1) for op in program.ops]
         self.states = []

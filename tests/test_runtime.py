@@ -135,3 +135,22 @@ def test_client_transcript_same_size_uniform_and_free_of_raw_secrets(sample):
         for _, r in transcripts
     ]
     assert stats.chi2_contingency(np.stack(h)).pvalue > 1e-4
+
+
+def test_ot_preprocessing_is_wired_and_refuses_ops_without_a_dealer_free_protocol():
+    """`--preprocessing ot` reaches the op table: kinds without a dealer-free protocol say so by
+    name (no silent dealer emulation); dealer-free-by-nature protocols are accepted."""
+    from privquant import ops
+    from privquant.costs import provider_setup_cost
+    from privquant.protocols.preprocessing.base import Unavailable
+    from privquant.protocols.preprocessing.ot.extension import setup_cost
+
+    for kind in ("input", "flatten", "sumpool", "neg", "output"):
+        assert ops.protocol(kind, "privquant", "ot").dealer_free
+    for kind, p in ops.KINDS.items():
+        if not p.ot_protocols and not getattr(p.protocols["privquant"], "dealer_free", False):
+            with pytest.raises(Unavailable, match=kind):
+                ops.protocol(kind, "privquant", "ot")
+    k4 = setup_cost(4).to_cost()
+    assert provider_setup_cost("ot", 4).setup_bits == 128 + k4.setup_bits
+    assert provider_setup_cost("dealer").setup_bits == 384

@@ -13,6 +13,7 @@ from privquant.ops import conv2d, flatten, input_, linear, maxpool, neg, output,
 from privquant.ops.base import OpKind
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.base import Protocol
+from privquant.protocols.preprocessing.base import check_mode
 from privquant.protocols.primitives.cost import Cost
 
 MODULES = (input_, conv2d, linear, sumpool, maxpool, flatten, neg, requant, output)
@@ -40,11 +41,12 @@ def graph_kind(kind: str) -> GraphKind:
         raise PrivQuantError(f"unknown graph node kind {kind!r}") from None
 
 
-def protocol(kind: str, backend: str = "privquant") -> Protocol:
-    """The protocol executing op kind ``kind`` under ``backend``."""
+def protocol(kind: str, backend: str = "privquant", preprocessing: str = "dealer") -> Protocol:
+    """The protocol executing op kind ``kind`` under ``backend`` and ``preprocessing``."""
     if backend not in BACKENDS:
         raise PrivQuantError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
-    return get(kind).protocol(backend)
+    check_mode(preprocessing)
+    return get(kind).protocol(backend, preprocessing)
 
 
 def signature(op, program, rings: dict[str, int], batch: int):
@@ -52,9 +54,17 @@ def signature(op, program, rings: dict[str, int], batch: int):
     return get(op.kind).signature(op, program, rings, batch)
 
 
-def op_cost(op, program, rings: dict[str, int], batch: int, backend: str = "privquant") -> Cost:
-    """Closed-form cost of one op (no execution)."""
-    return protocol(op.kind, backend).cost(signature(op, program, rings, batch))
+def op_cost(
+    op,
+    program,
+    rings: dict[str, int],
+    batch: int,
+    backend: str = "privquant",
+    preprocessing: str = "dealer",
+) -> Cost:
+    """Closed-form cost of one op (no execution) under ``backend`` and ``preprocessing``."""
+    proto = protocol(op.kind, backend, preprocessing)
+    return proto.cost(signature(op, program, rings, batch), preprocessing)
 
 
 __all__ = [

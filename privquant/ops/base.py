@@ -11,6 +11,8 @@ ring widths                 :meth:`OpKind.ring_atoms` -- what the op needs of an
                             :meth:`OpKind.own_ring` -- a ring only the op can compute (pre-sum)
 public signature            :meth:`OpKind.signature` (shapes, rings, public parameters)
 protocols                   :meth:`OpKind.protocol` per backend (``privquant``, ``...-unfused``)
+                            and preprocessing (``dealer``/``simulated``: :attr:`protocols`;
+                            ``ot``: :attr:`ot_protocols`, dealer-free constructions)
 baselines                   :meth:`OpKind.sirnn` (SiRNN-style cost model)
 quantization (optional)     :attr:`OpKind.graph` -- capture, fake-quant and lowering of the
                             float-graph node kind that lowers to this op (``privquant.quant``)
@@ -91,13 +93,25 @@ class OpKind:
         """Public signature of ``op`` for ``batch`` samples (shapes include the batch)."""
         raise NotImplementedError
 
+    #: backend -> protocol with dealer (or simulated) preprocessing
     protocols: ClassVar[dict[str, Protocol]] = {}
+    #: backend -> dealer-free protocol (``ot`` preprocessing); a kind without one falls back to
+    #: its dealer protocol when that needs no correlation a dealer-free provider cannot make
+    #: (local ops, the input's common randomness, the output opening)
+    ot_protocols: ClassVar[dict[str, Protocol]] = {}
 
-    def protocol(self, backend: str) -> Protocol:
-        try:
-            return self.protocols[backend]
-        except KeyError:
-            return self.protocols["privquant"]
+    def protocol(self, backend: str, preprocessing: str = "dealer") -> Protocol:
+        if preprocessing == "ot":
+            table = self.ot_protocols
+            if table:
+                return table.get(backend, table.get("privquant"))
+            proto = self.protocols.get(backend, self.protocols.get("privquant"))
+            if getattr(proto, "dealer_free", False):
+                return proto
+            from privquant.protocols.preprocessing.base import Unavailable
+
+            raise Unavailable(f"op kind {self.name!r} has no dealer-free ('ot') protocol yet")
+        return self.protocols.get(backend, self.protocols.get("privquant"))
 
     # ------------------------------------------------------------------ baselines
     def sirnn(self, op, ctx):

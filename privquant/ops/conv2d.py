@@ -16,7 +16,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from privquant.baselines import sci
 from privquant.errors import PrivQuantError
+from privquant.ir import Op, linear_bound
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.linear import LINEAR, LinearSig
@@ -46,8 +48,6 @@ class LayerGraph(GraphKind):
         raise NotImplementedError
 
     def lower(self, node, ctx):
-        from privquant.program import Op, linear_bound
-
         x = ctx.tensor_of(node.inputs[0])
         xin = ctx.info(x)
         if xin.scale is None:
@@ -142,8 +142,6 @@ class LinearLayerKind(OpKind):
         return w, b
 
     def sirnn(self, op, ctx):
-        from privquant.baselines import sci
-
         x = ctx.program.tensors[op.inputs[0]]
         y = ctx.program.tensors[op.output]
         w_shape = self.weight_shape(op)

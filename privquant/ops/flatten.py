@@ -8,6 +8,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from privquant.baselines.sci import ZERO
+from privquant.ir import Op
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.basic import FLATTEN, FlattenSig
@@ -31,8 +33,6 @@ class FlattenGraph(GraphKind):
         return xs[0].flatten(1)
 
     def lower(self, node, ctx):
-        from privquant.program import Op
-
         x = ctx.tensor_of(node.inputs[0])
         xin = ctx.info(x)
         sc = ctx.real(x)
@@ -58,8 +58,6 @@ class FlattenKind(OpKind):
         return FlattenSig(batched(batch, program.tensors[op.inputs[0]].shape), rings[op.output])
 
     def sirnn(self, op, ctx):
-        from privquant.baselines.sci import ZERO
-
         ctx.width[op.output] = ctx.width[op.inputs[0]]
         return ZERO
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from privquant.baselines.sci import ZERO
+from privquant.ir import Op, check_input
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.basic import INPUT, InputSig
@@ -30,8 +32,6 @@ class InputGraph(GraphKind):
         return xs[0]
 
     def lower(self, node, ctx):
-        from privquant.program import Op
-
         ctx.emit(
             Op("input", "input", [], "input", {"bits": 8}),
             ctx.input_shape,
@@ -53,16 +53,12 @@ class InputKind(OpKind):
     protocols: ClassVar[dict] = {"privquant": INPUT}
 
     def apply(self, op, ins, program):
-        from privquant.program import check_input
-
         return check_input(program, ins[0])
 
     def signature(self, op, program, rings, batch):
         return InputSig(batched(batch, program.tensors[op.output].shape), rings[op.output])
 
     def sirnn(self, op, ctx):
-        from privquant.baselines.sci import ZERO
-
         ctx.width[op.output] = ctx.cfg.width
         return ZERO
 

@@ -11,7 +11,9 @@ from typing import ClassVar
 import torch.nn as nn
 import torch.nn.functional as F
 
+from privquant.baselines import sci
 from privquant.errors import PrivQuantError
+from privquant.ir import Op
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
@@ -38,8 +40,6 @@ class MaxpoolGraph(GraphKind):
         return F.max_pool2d(xs[0], a["kernel"], a["stride"], a["padding"])
 
     def lower(self, node, ctx):
-        from privquant.program import Op
-
         x = ctx.tensor_of(node.inputs[0])
         xin = ctx.info(x)
         kern, stride, pad = (pair(node.attrs[k]) for k in ("kernel", "stride", "padding"))
@@ -92,8 +92,6 @@ class MaxpoolKind(OpKind):
         )
 
     def sirnn(self, op, ctx):
-        from privquant.baselines import sci
-
         kh, kw = pair(op.attrs["kernel"])
         step = sci.relu(ctx.cfg.width)
         steps = kh * kw - 1

@@ -15,6 +15,8 @@ from typing import ClassVar
 
 import torch
 
+from privquant.baselines.sci import ZERO
+from privquant.ir import Op
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.base import LocalProtocol
@@ -58,8 +60,6 @@ class NegGraph(GraphKind):
         return -xs[0]
 
     def lower(self, node, ctx):
-        from privquant.program import Op
-
         x = ctx.tensor_of(node.inputs[0])
         xin = ctx.info(x)
         op = Op("neg", node.name, [x], node.name)
@@ -83,8 +83,6 @@ class NegKind(OpKind):
         return NegSig(batched(batch, program.tensors[op.output].shape), rings[op.output])
 
     def sirnn(self, op, ctx):
-        from privquant.baselines.sci import ZERO
-
         ctx.width[op.output] = ctx.width[op.inputs[0]]
         return ZERO
 

@@ -7,7 +7,9 @@ from typing import ClassVar
 
 import numpy as np
 
+from privquant.baselines.sci import Bits
 from privquant.errors import PrivQuantError
+from privquant.ir import Op
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.basic import OUTPUT, OpenToSig
@@ -26,8 +28,6 @@ class OutputGraph(GraphKind):
         return xs[0]
 
     def lower(self, node, ctx):
-        from privquant.program import Op
-
         src = ctx.tensor_of(node.inputs[0])
         t, scale = ctx.info(src), ctx.real(src)
         if np.ndim(scale) and np.ptp(scale) > 0:
@@ -56,8 +56,6 @@ class OutputKind(OpKind):
         return OpenToSig(batched(batch, program.tensors[x].shape), rings[x], CLIENT)
 
     def sirnn(self, op, ctx):
-        from privquant.baselines.sci import Bits
-
         tw = ctx.width.get(op.inputs[0], ctx.cfg.width)
         return Bits(ctx.numel(op.output) * tw, 1)
 

@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from privquant.baselines import sci
 from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
@@ -123,8 +124,6 @@ class RequantKind(OpKind):
         return RequantOpSig(out, mults, _tuple(op.arrays["offset"]), core)
 
     def sirnn(self, op, ctx):
-        from privquant.baselines import sci
-
         W, f = ctx.cfg.width, ctx.cfg.f
         bits = rounds = par_rounds = 0
         for t in op.inputs:  # rescale every input to W bits (in parallel)

@@ -13,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from privquant.baselines import sci
 from privquant.errors import PrivQuantError
+from privquant.ir import Op
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.basic import SUMPOOL, SumpoolSig
@@ -70,8 +72,6 @@ class AvgpoolGraph(GraphKind):
         return tuple(pair(node.attrs[k]) for k in ("kernel", "stride", "padding"))
 
     def lower(self, node, ctx):
-        from privquant.program import Op
-
         x = ctx.tensor_of(node.inputs[0])
         xin = ctx.info(x)
         kern, stride, pad = self.window(node, xin.shape)
@@ -111,8 +111,6 @@ class SumpoolKind(OpKind):
         )
 
     def sirnn(self, op, ctx):
-        from privquant.baselines import sci
-
         x = ctx.program.tensors[op.inputs[0]]
         kh, kw = pair(op.attrs["kernel"])
         h = sci.clog2(kh * kw)

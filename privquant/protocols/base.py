@@ -37,6 +37,8 @@ class Protocol:
     """Base class; see the module docstring."""
 
     kind: str = ""
+    #: runs unchanged without a dealer (local ops, openings, common randomness)
+    dealer_free: bool = False
 
     def online_cost(self, sig) -> Cost:
         raise NotImplementedError
@@ -59,6 +61,8 @@ class Protocol:
 
 class LocalProtocol(Protocol):
     """A protocol without communication (``cost`` is zero)."""
+
+    dealer_free = True
 
     def online_cost(self, sig) -> Cost:
         return ZERO

@@ -45,6 +45,7 @@ class Open(Protocol):
     """Both parties learn the value (each sends its share). Cost: 2*n*ell bits, 1 round."""
 
     kind = "open"
+    dealer_free = True
 
     def online_cost(self, sig: OpenSig) -> Cost:
         return Cost(online_bits=2 * _numel(sig.shape) * sig.ell, rounds=1)
@@ -71,6 +72,7 @@ class OpenTo(Protocol):
     """
 
     kind = "open_to"
+    dealer_free = True
 
     def online_cost(self, sig: OpenToSig) -> Cost:
         return Cost(online_bits=_numel(sig.shape) * sig.ell, rounds=1)

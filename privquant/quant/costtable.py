@@ -46,11 +46,10 @@ import numpy as np
 import torch
 
 from privquant import ops
-from privquant.costs import FIELDS, SEEDS_SCOPE
+from privquant.costs import FIELDS, SEEDS_SCOPE, provider_setup_cost
 from privquant.costs import program_cost as program_cost
 from privquant.errors import PrivQuantError
 from privquant.program import Op, Program, TensorInfo, ring_atoms, signed_bits
-from privquant.protocols.preprocessing.dealer import SEED_SETUP_COST
 from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.quant.calibrate import calibrate
 from privquant.quant.fakequant import ActQuantizer, QModel, _key
@@ -315,7 +314,9 @@ class SymbolicContext(LowerContext):
 
     def cost(self, top: Op, rings: dict[str, int]) -> Cost:
         op, prog = self._program(top)
-        return ops.op_cost(op, prog, rings, self.sym.batch, self.sym.backend)
+        return ops.op_cost(
+            op, prog, rings, self.sym.batch, self.sym.backend, self.sym.preprocessing
+        )
 
     def costs_over_ring(
         self, top: Op, rings: dict[str, int], ext: str, domain: tuple[int, ...]
@@ -325,7 +326,14 @@ class SymbolicContext(LowerContext):
         op, prog = self._program(top)
         for j, r in enumerate(domain):
             try:
-                c = ops.op_cost(op, prog, {**rings, ext: r}, self.sym.batch, self.sym.backend)
+                c = ops.op_cost(
+                    op,
+                    prog,
+                    {**rings, ext: r},
+                    self.sym.batch,
+                    self.sym.backend,
+                    self.sym.preprocessing,
+                )
             except PrivQuantError:
                 continue
             out[j] = cost_array(c)
@@ -355,8 +363,10 @@ class SymbolicLowering:
         *,
         batch: int = 1,
         backend: str = "privquant",
+        preprocessing: str = "dealer",
     ):
         self.graph = graph
+        self.preprocessing = preprocessing
         self.vars = BitVars(graph)
         self.scales = scales
         self.template = scales.template
@@ -457,6 +467,7 @@ class CostTable:
     constant: dict[str, Cost] = field(default_factory=dict)  # scope -> cost of var-free ops
     backend: str = "privquant"
     batch: int = 1
+    preprocessing: str = "dealer"
     bitvars: BitVars | None = None
     scales: ScaleBook | None = None
     # extra per-value data (sensitivity of derived quantizers lives in search, not here)
@@ -535,6 +546,7 @@ class CostTable:
         return {
             "model": self.model,
             "backend": self.backend,
+            "preprocessing": self.preprocessing,
             "batch": self.batch,
             "domains": {k: list(v) for k, v in self.domains.items()},
             "constant": {k: c.as_dict() for k, c in self.constant.items()},
@@ -565,8 +577,10 @@ def build_cost_table(
     batch: int = 1,
     scales: ScaleBook | None = None,
     progress: bool = False,
+    preprocessing: str = "dealer",
 ) -> CostTable:
-    """The exact cost table of ``graph`` over the candidate bit widths (no protocol execution).
+    """The exact cost table of ``graph`` over the candidate bit widths (no protocol execution),
+    under the named preprocessing provider (``dealer`` or ``ot``).
 
     ``calib``: uint8 calibration images (the same ones ``quantize`` gets, so that the frozen
     scales are ``calibrate``'s); or pass ``scales`` directly.
@@ -587,7 +601,7 @@ def build_cost_table(
     missing = sorted((set(wbits) | set(abits)) - set(scales.bits))
     if missing:
         raise PrivQuantError(f"the ScaleBook has no scales for bit widths {missing}")
-    sym = SymbolicLowering(graph, scales, batch=batch, backend=backend)
+    sym = SymbolicLowering(graph, scales, batch=batch, backend=backend, preprocessing=preprocessing)
     bv = sym.vars
     domains = {wvar(n): wbits for n in bv.layers}
     domains.update({avar(q): abits for q in bv.free})
@@ -632,7 +646,7 @@ def build_cost_table(
         return int(np.prod([len(domains[v]) for v in vars_])) if vars_ else 1
 
     terms: list[Term] = []
-    constant: dict[str, Cost] = {SEEDS_SCOPE: SEED_SETUP_COST}
+    constant: dict[str, Cost] = {SEEDS_SCOPE: provider_setup_cost(preprocessing)}
     ops = list(sym.template.ops)
     bar = tqdm(ops, desc="cost table", disable=not progress, leave=False)
     for top in bar:
@@ -679,10 +693,11 @@ def build_cost_table(
         terms,
         {k: v for k, v in rings.items() if k in used_rings},
         constant,
-        backend,
-        batch,
-        bv,
-        scales,
+        backend=backend,
+        batch=batch,
+        preprocessing=preprocessing,
+        bitvars=bv,
+        scales=scales,
     )
 
 

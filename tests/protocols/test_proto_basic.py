@@ -149,3 +149,9 @@ def test_catalogue_docstring_is_rendered_from_the_code():
     assert "requant ReLU + 4-bit clip  n=1000, L=20, k=12, L'=20  92000   133000   0      6" in (
         m.group(1)
     )
+    # and the docs show the same table
+    from pathlib import Path
+
+    md = (Path(__file__).resolve().parents[2] / "docs" / "protocols.md").read_text()
+    m2 = re.search(r"<!-- catalogue-begin -->\n```\n(.*?)\n```\n<!-- catalogue-end -->", md, re.S)
+    assert m2 is not None and m2.group(1) == render()

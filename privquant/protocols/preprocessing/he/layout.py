@@ -48,7 +48,7 @@ from functools import cache, cached_property
 import numpy as np
 
 from privquant.errors import PrivQuantError
-from privquant.program import conv_out_hw
+from privquant.protocols.primitives.geometry import conv_out_hw
 
 
 @dataclass(frozen=True)
