@@ -22,6 +22,7 @@ from privquant.ir import Op, linear_bound
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.linear import LINEAR, LinearSig
+from privquant.protocols.ot.linear import OT_LINEAR
 from privquant.protocols.primitives.geometry import conv_out_hw, pair
 
 
@@ -125,6 +126,7 @@ class LinearLayerKind(OpKind):
     secret = ("weight", "bias")
     ring_linear = True
     protocols: ClassVar[dict] = {"privquant": LINEAR}
+    ot_protocols: ClassVar[dict] = {"privquant": OT_LINEAR}
 
     def check(self, op, program) -> None:
         w = op.arrays.get("weight")

@@ -17,6 +17,7 @@ from privquant.ir import Op
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
+from privquant.protocols.ot.maxpool import OT_MAXPOOL
 from privquant.protocols.primitives.geometry import conv_out_hw, pair
 
 
@@ -61,6 +62,7 @@ class MaxpoolKind(OpKind):
     graph = MaxpoolGraph()
     attrs = ("kernel", "stride", "padding")
     protocols: ClassVar[dict] = {"privquant": MAXPOOL}
+    ot_protocols: ClassVar[dict] = {"privquant": OT_MAXPOOL}
 
     def apply(self, op, ins, program):
         lo = program.tensors[op.inputs[0]].lo

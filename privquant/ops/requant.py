@@ -23,6 +23,7 @@ from privquant.baselines import sci
 from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
+from privquant.protocols.ot.requant import OT_REQUANT, OT_REQUANT_UNFUSED
 from privquant.protocols.primitives.ring import signed_bits
 from privquant.protocols.requant import REQUANT, REQUANT_UNFUSED, RequantOpSig, RequantSig
 
@@ -85,6 +86,10 @@ class RequantKind(OpKind):
     attrs = ("shift", "lo", "hi")
     arrays = ("offset",)
     protocols: ClassVar[dict] = {"privquant": REQUANT, "privquant-unfused": REQUANT_UNFUSED}
+    ot_protocols: ClassVar[dict] = {
+        "privquant": OT_REQUANT,
+        "privquant-unfused": OT_REQUANT_UNFUSED,
+    }
 
     def required_arrays(self, op):
         return (*self.arrays, *(f"mult{i}" for i in range(len(op.inputs))))

@@ -138,3 +138,14 @@ def lamport_depth(steps) -> int:
         else:
             raise ValueError(f"unknown step {s!r}")
     return max(c0, c1)
+
+
+def batch_step(reqs) -> str | None:
+    """The message pattern of one :meth:`Batch.run`: every OT receiver sends, so requests of both
+    directions make an exchange, one direction a one-way message (None if nothing is sent)."""
+    senders = {r.sender for r in reqs if r.n}
+    if not senders:
+        return None
+    if len(senders) == 2:
+        return EXCHANGE
+    return SEND10 if senders == {0} else SEND01

@@ -38,7 +38,7 @@ weight element, ``b = b_w``)::
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,7 @@ from privquant.errors import PrivQuantError
 from privquant.protocols.linear import LinearSig, ring_lin
 from privquant.protocols.ot.common import DEFAULT_K, OtProtocol, private_ring, session_of
 from privquant.protocols.preprocessing import he
+from privquant.protocols.preprocessing.he.plan import plan_key
 from privquant.protocols.preprocessing.he.sealio import context_key
 from privquant.protocols.preprocessing.ot import gilboa
 from privquant.protocols.preprocessing.ot.cost import OtCost
@@ -136,8 +137,14 @@ def _method(sig: LinearSig, k: int) -> str:
 
 
 def method(sig: LinearSig, k: int | None = None) -> str:
-    """``"ot"`` or ``"he"``: the construction :class:`OtLinear` uses for ``sig``."""
-    return _method(sig, DEFAULT_K if k is None else k)
+    """``"ot"`` or ``"he"``: the construction :class:`OtLinear` uses for ``sig``, decided on one
+    sample (the setup runs once per session, before the batch size of an inference is known)."""
+    return _method(one_sample(sig), DEFAULT_K if k is None else k)
+
+
+def one_sample(sig: LinearSig) -> LinearSig:
+    """``sig`` with batch 1 (and no layer name): what the construction is chosen on."""
+    return replace(sig, x_shape=(1, *sig.x_shape[1:]), key="")
 
 
 @dataclass
@@ -146,8 +153,7 @@ class OtLinearState:
     w: torch.Tensor | None = None  # P0
     bias: torch.Tensor | None = None  # P0
     gilboa: gilboa.LinearOtState | None = None
-    keys: object = None
-    prepared: he.PreparedWeights | None = None
+    prepared: dict = field(default_factory=dict)  # HE plan key -> PreparedWeights (P0)
 
 
 @dataclass
@@ -164,7 +170,7 @@ class OtLinear(OtProtocol):
     forced: str | None = None  # tests: force one construction
 
     def method(self, sig: LinearSig) -> str:
-        return self.forced or _method(sig, self.k)
+        return self.forced or method(sig, self.k)
 
     def full_cost(self, sig: LinearSig) -> OtCost:
         m = self.method(sig)
@@ -200,10 +206,22 @@ class OtLinear(OtProtocol):
             session = session_of(corr, self.k)
             st.gilboa = gilboa.setup(session, sig, b, st.w)
         else:
-            st.keys = he_keys(corr, he.plan(sig, b).params)
-            if corr.role == SERVER:
-                st.prepared = he.PreparedWeights(sig, b, st.w, st.keys)
+            self._he_material(corr, sig, st)
         return st
+
+    @staticmethod
+    def _he_material(corr, sig: LinearSig, st: OtLinearState):
+        """HE keys for ``sig``'s context and, at P0, its weight plaintexts (made once per plan:
+        a batch size that changes the packing prepares them again, locally)."""
+        b = _w_bits(sig)
+        keys = he_keys(corr, he.plan(sig, b).params)
+        prepared = None
+        if corr.role == SERVER:
+            key = plan_key(sig)
+            if key not in st.prepared:
+                st.prepared[key] = he.PreparedWeights(sig, b, st.w, keys)
+            prepared = st.prepared[key]
+        return keys, prepared
 
     def offline(self, corr, sig: LinearSig, state: OtLinearState = None) -> OtLinearPre:
         if state is None:
@@ -211,13 +229,20 @@ class OtLinear(OtProtocol):
         b, ell = _w_bits(sig), sig.ell
         a = private_ring(sig.x_shape, ell) if corr.role == CLIENT else None
         if state.method == "ot":
-            s = gilboa.linear_correlation(
-                session_of(corr, self.k), state.gilboa, a, tag=f"ot.gilboa:{sig.key}"
-            )
-        elif corr.role == CLIENT:
-            s = he.client(corr.party, sig, b, a, state.keys)
+            g = state.gilboa  # the setup's OTs serve every batch size: only the geometry changes
+            g.sig, setup_sig = sig, g.sig
+            try:
+                s = gilboa.linear_correlation(
+                    session_of(corr, self.k), g, a, tag=f"ot.gilboa:{sig.key}"
+                )
+            finally:
+                g.sig = setup_sig
         else:
-            s = he.server(corr.party, sig, b, state.prepared, state.keys)
+            keys, prepared = self._he_material(corr, sig, state)
+            if corr.role == CLIENT:
+                s = he.client(corr.party, sig, b, a, keys)
+            else:
+                s = he.server(corr.party, sig, b, prepared, keys)
         if corr.role == SERVER:
             s = s + state.bias.reshape((1, -1) + (1,) * (len(sig.y_shape) - 2))
         return OtLinearPre(a, ring.reduce(s, ell), state)

@@ -81,6 +81,7 @@ from privquant.protocols.ot.common import (
     SEND10,
     Batch,
     OtProtocol,
+    batch_step,
     lamport_depth,
     private_ring,
     session_of,
@@ -88,7 +89,7 @@ from privquant.protocols.ot.common import (
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.ring import signed_bits
-from privquant.protocols.requant import RequantOpSig, RequantSig, _msb_ok
+from privquant.protocols.requant import RequantOpSig, RequantSig, _msb_ok, unfused_steps
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
 
 
@@ -258,25 +259,37 @@ def plan_cost(plan: OtRequantPlan) -> OtCost:
         return OtCost()
     if plan.kind == "extend":
         return otlift.full_cost(K, _lift_sig(plan))
-    parts, steps = [], [SEND10]
+    parts = []
     if plan.group is not None:
         parts.append(plan.group.cost())
-        steps += [SEND01] + [EXCHANGE] * plan.group.layout.depth
     parts.append(sel_spec(plan).cost(K))
-    if parts[-1].online_bits:
-        steps.append(EXCHANGE)
     if plan.lift:
         parts.append(otlift.full_cost(K, _lift_sig(plan)))
-        steps.append(EXCHANGE)
     on_bits = n * plan.L + sum(c.online_bits for c in parts)
     off_bits = sum(c.offline_bits for c in parts)
-    rounds = lamport_depth(steps)
+    rounds = lamport_depth(_steps(plan))
     return OtCost(
         online_bits=on_bits,
         offline_bits=off_bits,
         online_rounds=rounds,
         offline_rounds=1 if off_bits else 0,
     )
+
+
+def _steps(plan: OtRequantPlan) -> list[str]:
+    """The online message pattern of a plan (for :func:`.common.lamport_depth`)."""
+    if plan.kind in ("const", "local") or plan.n == 0:
+        return []
+    if plan.kind == "extend":
+        return [EXCHANGE]
+    steps = [SEND10]
+    if plan.group is not None:
+        steps += [SEND01] + [EXCHANGE] * plan.group.layout.depth
+    if sel_spec(plan).cots:
+        steps.append(EXCHANGE)
+    if plan.lift:
+        steps.append(EXCHANGE)
+    return steps
 
 
 # ------------------------------------------------------------------------------ offline
@@ -288,26 +301,38 @@ class OtRequantPre:
     lift_rot: object = None
 
 
+def _requests(plan: OtRequantPlan, rank: int, r: torch.Tensor | None):
+    """The offline OT requests of a plan and the slices of its parts (comparison, selection,
+    lift); P1 passes its mask ``r``."""
+    b = Batch()
+    groups = [plan.group] if plan.group is not None else []
+    if plan.kind == "extend":
+        return b, slice(0, 0), slice(0, 0), b.add(cotprod.requests([otlift.spec(_lift_sig(plan))]))
+    s_cmp = b.add(circuit.requests(groups, rank, [r.numpy()] if r is not None else None))
+    s_sel = b.add(cotprod.requests(sel_spec(plan).cots))
+    s_lift = b.add(cotprod.requests([otlift.spec(_lift_sig(plan))]) if plan.lift else [])
+    return b, s_cmp, s_sel, s_lift
+
+
 def _offline(corr, plan: OtRequantPlan) -> OtRequantPre | None:
     if plan.kind in ("const", "local") or plan.n == 0:
         return None
     session = session_of(corr, plan.K)
     rank = corr.role
-    if plan.kind == "extend":
-        b = Batch()
-        b.add(cotprod.requests([otlift.spec(_lift_sig(plan))]))
-        return OtRequantPre(lift_rot=b.run(session, "ot.rq")[0])
-    r = private_ring((plan.n,), plan.L) if rank == CLIENT else None
-    b = Batch()
-    groups = [plan.group] if plan.group is not None else []
-    s_cmp = b.add(circuit.requests(groups, rank, [r.numpy()] if r is not None else None))
-    spec = sel_spec(plan)
-    s_sel = b.add(cotprod.requests(spec.cots))
-    s_lift = b.add(cotprod.requests([otlift.spec(_lift_sig(plan))]) if plan.lift else [])
+    r = private_ring((plan.n,), plan.L) if rank == CLIENT and plan.kind != "extend" else None
+    b, s_cmp, s_sel, s_lift = _requests(plan, rank, r)
     res = b.run(session, "ot.rq")
+    groups = [plan.group] if plan.group is not None else []
     pres = circuit.build(groups, rank, res[s_cmp])
-    lift_rot = res[s_lift][0] if plan.lift else None
+    lift_rot = res[s_lift][0] if plan.lift or plan.kind == "extend" else None
     return OtRequantPre(r, pres, res[s_sel], lift_rot)
+
+
+def offline_step(plan: OtRequantPlan) -> str | None:
+    """The offline message pattern of a plan (one batch)."""
+    if plan.kind in ("const", "local") or plan.n == 0:
+        return None
+    return batch_step(_requests(plan, SERVER, None)[0].requests)
 
 
 # ------------------------------------------------------------------------------ online
@@ -437,9 +462,11 @@ class OtRequantOp(OtProtocol):
 
     kind = "requant"
 
-    def __init__(self, k: int = DEFAULT_K):
+    def __init__(self, k: int = DEFAULT_K, core: OtFusedRequant | None = None):
         super().__init__(k)
-        self.core = OtFusedRequant(k)
+        self.core = core if core is not None else OtFusedRequant(k)
+        if self.core.k != self.k:
+            raise ValueError("the requant op and its core must use the same k")
 
     def full_cost(self, sig: RequantOpSig) -> OtCost:
         return self.core.full_cost(sig.core)
@@ -460,12 +487,51 @@ class OtRequantOp(OtProtocol):
         return self.core.online(party, sig.core, pre, t)
 
 
+class OtUnfusedRequant(OtFusedRequant):
+    """The ``--unfused`` ablation without a dealer: truncation, ReLU/clip and extension as three
+    separate runs of :class:`OtFusedRequant` (:func:`privquant.protocols.requant.unfused_steps`),
+    each with its own opening and comparisons. Rounds: the sum of the steps' rounds, less the
+    overlap when a step starts with P1's opening right after a round P0 finished."""
+
+    kind = "unfused_requant"
+
+    def full_cost(self, sig: RequantSig) -> OtCost:
+        steps, off = [], 0
+        on = 0
+        for s in unfused_steps(sig):
+            p = self.plan(s)
+            c = plan_cost(p)
+            on, off = on + c.online_bits, off + c.offline_bits
+            steps += _steps(p)
+        return OtCost(
+            online_bits=on,
+            offline_bits=off,
+            online_rounds=lamport_depth(steps),
+            offline_rounds=lamport_depth(
+                [st for s in unfused_steps(sig) if (st := offline_step(self.plan(s)))]
+            ),
+        )
+
+    def offline(self, corr, sig: RequantSig, state=None):
+        return [_offline(corr, self.plan(s)) for s in unfused_steps(sig)]
+
+    def online(self, party: Party, sig: RequantSig, pre, t: torch.Tensor, tag: str = "rqu"):
+        x = t
+        for i, (s, p) in enumerate(zip(unfused_steps(sig), pre)):
+            x = _online(party, self.plan(s), p, x, f"{tag}{i + 1}")
+        return x
+
+
 OT_FUSED = OtFusedRequant()
+OT_UNFUSED = OtUnfusedRequant()
 OT_REQUANT = OtRequantOp()
+OT_REQUANT_UNFUSED = OtRequantOp(core=OT_UNFUSED)
 
 __all__ = [
     "OT_FUSED",
     "OT_REQUANT",
+    "OT_REQUANT_UNFUSED",
+    "OT_UNFUSED",
     "OtFusedRequant",
     "OtRequantOp",
     "OtRequantPlan",
