@@ -45,8 +45,8 @@ Steps (msb mode):
 
 Rabbit mode: ``w = [c < r]`` is one more job; ``[u >= T] = [c >= T] xor w xor [c - T < r]``;
 ``Z = floor(c/2^k) - 2^(L-1-k) - lo - R - b + 2^(L-k) * w``. Const and local plans as in the
-dealer protocol. Extension-only plans (``k = 0``, no clip, ``L' > L``, ``t - lo < 2^(L-1)``): the
-known-MSB lift of ``t - lo`` alone (kind ``extend``).
+dealer protocol. Extension-only plans (``k = 0``, no clip, ``L' > L``, ``thi - tlo < 2^(L-1)``): the
+known-MSB lift of ``t - tlo`` alone (kind ``extend``).
 
 The planner chooses the polynomial's ring (``L'`` or the small ``m`` plus a lift) by this
 protocol's own cost (total bits, then rounds).
@@ -102,7 +102,7 @@ class OtRequantPlan:
     ell_out: int = 0
     lo: int = 0
     hi: int = 0
-    const: int = 0
+    const: int = 0  # the constant output (const), the lifted offset tlo (extend)
     a: int | None = 1
     h: int | None = 0
     form: str = "s"
@@ -149,8 +149,8 @@ def plan_ot(sig: RequantSig, K: int = DEFAULT_K) -> OtRequantPlan:
     if sig.shift == 0 and a == 1 and h == 0:
         if Lo <= L:
             return OtRequantPlan("local", **base)
-        if sig.thi - sig.lo < H:
-            return OtRequantPlan("extend", **base)
+        if sig.thi - sig.tlo < H:
+            return OtRequantPlan("extend", const=sig.tlo, **base)
     slo, shi = max(ulo, Ta), min(uhi, Th - 1)
     t_ref = (slo >> k) << k
     form = None
@@ -357,9 +357,9 @@ def _online(party: Party, plan: OtRequantPlan, pre: OtRequantPre | None, t: torc
     if n == 0:
         return torch.zeros(shape, dtype=torch.int64)
     if plan.kind == "extend":
-        x = t - plan.lo if me == SERVER else t
+        x = t - plan.const if me == SERVER else t
         q = otlift.online(party, _lift_sig(plan), pre.lift_rot, ring.reduce(x, L), f"{tag}.lift")
-        return ring.reduce(q + (plan.lo if me == SERVER else 0), Lo).reshape(shape)
+        return ring.reduce(q + (plan.const if me == SERVER else 0), Lo).reshape(shape)
 
     # 1. the opening: P1 sends t1 + r, P0 learns c = u + r
     if me == CLIENT:

@@ -71,3 +71,25 @@ def share(x: torch.Tensor, ell: int, seed: int = 0):
 
 
 __all__ = ["SCOPE", "MiniOtProvider", "OtCost", "run_pair", "run_protocol", "share"]
+
+
+# ----------------------------------------------------------------------------- requant inputs
+def requant_inputs(sig, g, limit=160):
+    """All of [tlo, thi] when small, else edges, thresholds +-1, and random values."""
+    lo, hi = sig.tlo, sig.thi
+    if hi - lo + 1 <= limit:
+        return torch.arange(lo, hi + 1)
+    k = min(sig.shift, sig.ell - 1)
+    cand = [lo, lo + 1, hi, hi - 1, 0, -1, 1]
+    for z in (sig.lo, sig.hi + 1):
+        for d in (-2, -1, 0, 1):
+            cand.append(z * (1 << k) + d)
+    cand = [v for v in cand if lo <= v <= hi]
+    span = hi - lo + 1
+    rnd = (torch.randint(0, 1 << 62, (limit - len(cand),), generator=g) % span) + lo
+    return torch.cat([torch.tensor(cand, dtype=torch.int64), rnd])
+
+
+def requant_reference(sig, t):
+    k = min(sig.shift, sig.ell - 1)
+    return (t >> k).clamp(sig.lo, sig.hi)
