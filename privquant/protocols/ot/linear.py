@@ -38,7 +38,7 @@ weight element, ``b = b_w``)::
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,7 +47,9 @@ from privquant.errors import PrivQuantError
 from privquant.protocols.linear import LinearSig, ring_lin
 from privquant.protocols.ot.common import DEFAULT_K, OtProtocol, private_ring, session_of
 from privquant.protocols.preprocessing import he
-from privquant.protocols.preprocessing.he.plan import plan_key
+from privquant.protocols.preprocessing.he.protocol import _decrypt_response as decrypt_response
+from privquant.protocols.preprocessing.he.protocol import _tags as he_tags
+from privquant.protocols.preprocessing.he.protocol import encrypt_query
 from privquant.protocols.preprocessing.he.sealio import context_key
 from privquant.protocols.preprocessing.ot import gilboa
 from privquant.protocols.preprocessing.ot.cost import OtCost
@@ -90,10 +92,12 @@ def _pk_tag(key) -> str:
 
 
 def he_keys_cost(sigs) -> OtCost:
-    """Setup cost of the HE public keys of the layers ``sigs`` that use HE (one per context)."""
-    params = [he.plan(s, s.w_bits).params for s in sigs if method(s) == "he"]
+    """Setup cost of the HE public keys of the layers ``sigs`` that use HE: one per distinct SEAL
+    context of their one-sample plans, each a P1 -> P0 message made when first needed (so the
+    scope's setup depth is the number of contexts)."""
+    params = [he.plan(one_sample(s), s.w_bits).params for s in sigs if method(s) == "he"]
     c = he.setup_cost(params)
-    return OtCost(setup_bits=c.setup_bits, setup_rounds=1 if c.setup_bits else 0)
+    return OtCost(setup_bits=c.setup_bits, setup_rounds=len({context_key(p) for p in params}))
 
 
 def _w_bits(sig: LinearSig) -> int:
@@ -116,12 +120,13 @@ def ot_cost(k: int, sig: LinearSig) -> OtCost | None:
 
 
 def he_cost(sig: LinearSig) -> OtCost | None:
-    """Cost of the ``he`` construction (None if no secure parameters exist)."""
+    """Cost of the ``he`` construction (None if no secure parameters exist): the one-sample plan
+    once per sample, all queries in one message round and all responses in the next."""
     try:
-        bits = he.plan(sig, _w_bits(sig)).bits
+        bits = he.plan(one_sample(sig), _w_bits(sig)).bits
     except PrivQuantError:
         return None
-    return OtCost(offline_bits=bits, offline_rounds=2)
+    return OtCost(offline_bits=int(sig.x_shape[0]) * bits, offline_rounds=2)
 
 
 def _total(c: OtCost) -> int:
@@ -153,7 +158,7 @@ class OtLinearState:
     w: torch.Tensor | None = None  # P0
     bias: torch.Tensor | None = None  # P0
     gilboa: gilboa.LinearOtState | None = None
-    prepared: dict = field(default_factory=dict)  # HE plan key -> PreparedWeights (P0)
+    prepared: he.PreparedWeights | None = None  # P0's weight plaintexts (one-sample plan)
 
 
 @dataclass
@@ -211,22 +216,40 @@ class OtLinear(OtProtocol):
 
     @staticmethod
     def _he_material(corr, sig: LinearSig, st: OtLinearState):
-        """HE keys for ``sig``'s context and, at P0, its weight plaintexts (made once per plan:
-        a batch size that changes the packing prepares them again, locally)."""
-        b = _w_bits(sig)
-        keys = he_keys(corr, he.plan(sig, b).params)
-        prepared = None
+        """HE keys for the one-sample plan's context and, at P0, its weight plaintexts (once per
+        model load: every batch runs the one-sample plan per sample)."""
+        b, one = _w_bits(sig), one_sample(sig)
+        keys = he_keys(corr, he.plan(one, b).params)
+        if corr.role == SERVER and st.prepared is None:
+            st.prepared = he.PreparedWeights(one, b, st.w, keys)
+        return keys, st.prepared
+
+    def _he_offline(self, corr, sig: LinearSig, st: OtLinearState, a):
+        """Shares of ``lin(W, A1)`` by HE, one query per sample: P1 sends every query, then P0
+        answers each (2 offline rounds for the whole batch)."""
+        b, one = _w_bits(sig), one_sample(sig)
+        keys, prepared = self._he_material(corr, sig, st)
+        party, n = corr.party, int(sig.x_shape[0])
+        one = replace(one, key=sig.key)
         if corr.role == SERVER:
-            key = plan_key(sig)
-            if key not in st.prepared:
-                st.prepared[key] = he.PreparedWeights(sig, b, st.w, keys)
-            prepared = st.prepared[key]
-        return keys, prepared
+            return torch.cat([he.server(party, one, b, prepared, keys) for _ in range(n)])
+        pl = he.plan(one, b)
+        ctx, enc, dec = keys.get(pl.params)
+        q_tag, r_tag = he_tags(one)
+        for i in range(n):
+            query = encrypt_query(ctx, enc, pl, ring.reduce(a[i : i + 1], sig.ell))
+            party.send_raw(SERVER, query, q_tag, phase="offline")
+        outs = []
+        for _ in range(n):
+            buf = party.recv_raw(SERVER, pl.response_bytes, r_tag, phase="offline")
+            outs.append(decrypt_response(pl, ctx, dec, buf))
+        return torch.cat(outs)
 
     def offline(self, corr, sig: LinearSig, state: OtLinearState = None) -> OtLinearPre:
         if state is None:
             raise PrivQuantError(f"layer {sig.key!r}: setup must run before offline")
-        b, ell = _w_bits(sig), sig.ell
+        _w_bits(sig)
+        ell = sig.ell
         a = private_ring(sig.x_shape, ell) if corr.role == CLIENT else None
         if state.method == "ot":
             g = state.gilboa  # the setup's OTs serve every batch size: only the geometry changes
@@ -238,11 +261,7 @@ class OtLinear(OtProtocol):
             finally:
                 g.sig = setup_sig
         else:
-            keys, prepared = self._he_material(corr, sig, state)
-            if corr.role == CLIENT:
-                s = he.client(corr.party, sig, b, a, keys)
-            else:
-                s = he.server(corr.party, sig, b, prepared, keys)
+            s = self._he_offline(corr, sig, state, a)
         if corr.role == SERVER:
             s = s + state.bias.reshape((1, -1) + (1,) * (len(sig.y_shape) - 2))
         return OtLinearPre(a, ring.reduce(s, ell), state)
