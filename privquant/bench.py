@@ -10,7 +10,11 @@ For one artifact (or a model name, quantized here) it measures, with real proces
 * ``crypten``              -- CrypTen-native (float model, 64-bit fixed point, TTP), measured on
                               the wire (:mod:`privquant.baselines.crypten_native`);
 
-and computes ``sirnn-style`` from the SCI cost model (:mod:`privquant.baselines.sirnn`). Totals are
+and computes ``sirnn-style`` from the SCI cost model (:mod:`privquant.baselines.sirnn`) at the
+artifact's own bit widths (like with like), plus ``sirnn-style-W`` at W-bit fixed point as a
+second, labelled reference (``--sirnn-width``, 16 by default). ``--preprocessing ot`` runs the
+privquant rows without a dealer (the trust model of SiRNN/SCI); every row names its trust model and
+each ratio says whether it compares like with like (same trust model). Totals are
 per inference of the batch: online + offline + setup / 100 (setup amortized over 100 inferences).
 Latency: the estimate ``compute + bits/bandwidth + rounds*RTT/2`` for every backend, and the
 online time measured under network emulation for ``privquant`` when possible
@@ -34,7 +38,11 @@ from privquant.baselines.result import AMORTIZE, MB, BackendResult, LayerCost
 from privquant.errors import PrivQuantError
 
 BASELINES = ("crypten", "sirnn-style")
-PQ_TRUST = "non-colluding dealer (CrypTen's TTP slot), semi-honest parties"
+PQ_TRUST = {
+    "dealer": "non-colluding dealer (CrypTen's TTP slot), semi-honest parties",
+    "ot": "dealer-free: two parties, OT extension / HE (semi-honest)",
+}
+SIRNN_TRUST = "dealer-free: two parties, OT extension (SCI)"
 
 
 @dataclass
@@ -47,6 +55,7 @@ class BenchConfig:
     images: int = 1
     crypten_images: int | None = None  # default: same as images
     sirnn_width: int = 16
+    preprocessing: str = "dealer"
     timeout: float = 600.0
     threads: int = 1  # intra-op threads per party process
     seed: int = 0
@@ -81,7 +90,8 @@ def from_comm_report(name: str, rep, source: str) -> BackendResult:
         LayerCost(x.name, list(x.kinds), x.online_bits, x.offline_bits, x.setup_bits, x.rounds)
         for x in rep.layers
     ]
-    res = BackendResult.from_layers(name, source, PQ_TRUST, rep.batch, layers)
+    trust = PQ_TRUST.get(rep.preprocessing, rep.trust_model)
+    res = BackendResult.from_layers(name, source, trust, rep.batch, layers)
     res.total["rounds"] = int(rep.total["rounds"])  # measured session depth
     res.seconds = dict(rep.seconds)
     res.extra = {
@@ -245,17 +255,21 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
         checks: dict[str, bool] = {}
         timeout = cfg.timeout
 
-        _say(cfg, f"privquant: {art.model}, {len(x)} image(s)")
-        r = infer_local(art_path, x, backend="privquant", timeout=timeout)
+        pre = cfg.preprocessing
+        procs = "3 processes (server, client, dealer)" if pre == "dealer" else "2 processes"
+        _say(cfg, f"privquant ({pre}): {art.model}, {len(x)} image(s)")
+        r = infer_local(art_path, x, backend="privquant", timeout=timeout, preprocessing=pre)
         results["privquant"] = from_comm_report(
-            "privquant", r["report"], "measured: 3 processes (server, client, dealer), loopback"
+            "privquant", r["report"], f"measured: {procs}, loopback, {pre} preprocessing"
         )
         checks["privquant"] = r["identical"]
         if cfg.unfused:
             _say(cfg, "privquant-unfused")
-            r = infer_local(art_path, x, backend="privquant-unfused", timeout=timeout)
+            r = infer_local(
+                art_path, x, backend="privquant-unfused", timeout=timeout, preprocessing=pre
+            )
             results["privquant-unfused"] = from_comm_report(
-                "privquant-unfused", r["report"], "measured: 3 processes, loopback, --unfused"
+                "privquant-unfused", r["report"], f"measured: {procs}, loopback, --unfused"
             )
             checks["privquant-unfused"] = r["identical"]
         uniform_acc = {}
@@ -263,9 +277,9 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
             name = f"privquant-uniform-{ub}"
             _say(cfg, name)
             upath = uniform_artifact(art, ub, Path(tmp), cfg.seed)
-            r = infer_local(upath, x, backend="privquant", timeout=timeout)
+            r = infer_local(upath, x, backend="privquant", timeout=timeout, preprocessing=pre)
             results[name] = from_comm_report(
-                name, r["report"], f"measured: 3 processes, loopback, uniform w{ub}a{ub} (PTQ)"
+                name, r["report"], f"measured: {procs}, loopback, uniform w{ub}a{ub} (PTQ)"
             )
             checks[name] = r["identical"]
             uniform_acc[name] = accuracy(QuantizedModel.load(upath), cfg.accuracy_limit)
@@ -277,8 +291,14 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
             cr = run_crypten_native(art_path, x[:nc], timeout=timeout, threads=cfg.threads)
             results["crypten"] = cr["result"]
         if "sirnn-style" in cfg.baselines:
+            # like with like: SCI's protocols at the artifact's own bit widths ...
+            sm = SirnnConfig(mixed=True)
+            results["sirnn-style"] = program_cost(art.program, batch=len(x), config=sm, acts=acts)
+            # ... and, as a second labelled reference, at W-bit fixed point
             sc = SirnnConfig(cfg.sirnn_width)
-            results["sirnn-style"] = program_cost(art.program, batch=len(x), config=sc, acts=acts)
+            name = f"sirnn-style-{cfg.sirnn_width}"
+            results[name] = program_cost(art.program, batch=len(x), config=sc, acts=acts)
+            results[name].backend = name
             with contextlib.suppress(PrivQuantError):
                 results["sirnn-style"].extra["anchor_fit"] = anchor_fit()
 
@@ -345,6 +365,8 @@ def assemble(art, origin, cfg, results, checks, lat, acc, uniform_acc) -> dict:
             "rounds": res.total["rounds"],
             "loopback_online_s": res.seconds.get("client_online"),
             "ratio_vs_privquant": (_per_image(res, tb) / _per_image(pq, base)) if base else None,
+            "compares": f"{res.trust} vs privquant's {pq.trust}",
+            "same_trust_model": res.trust_model == pq.trust_model,
             "online_ratio_vs_privquant": (
                 _per_image(res, res.total["online_bits"]) / _per_image(pq, pq.total["online_bits"])
                 if pq.total["online_bits"]
@@ -373,8 +395,9 @@ def notes(results) -> list[str]:
     out = [
         f"Total = online + offline + setup/{AMORTIZE} (setup amortized over {AMORTIZE} "
         "inferences), per inference of the batch; ratios are per image.",
-        "privquant figures assume a non-colluding dealer (semi-honest); sirnn-style (SCI) is "
-        "dealer-free (two parties, OT extension); crypten relies on a trusted third party.",
+        f"privquant rows: {results['privquant'].trust}; sirnn-style (SCI) is dealer-free (two "
+        "parties, OT extension); crypten relies on a trusted third party. A ratio compares like "
+        "with like only where the trust models agree (column 'same trust model').",
         "Rounds are one-way message hops on the longest causal chain (a simultaneous exchange "
         "is 1): privquant's are measured (Lamport clocks), crypten's are the client's "
         "communicator calls (plus ttp_requests party-0<->TTP round trips, on demand), "
@@ -393,8 +416,9 @@ def notes(results) -> list[str]:
         if fit:
             worst = max(abs(r["error_pct"]) for r in fit)
             out.append(
-                f"sirnn-style: cost model of EzPC SCI at W={s.extra['width']} bits; "
-                f"{len(fit)} measured SCI anchors reproduced within {worst:.2f}%."
+                "sirnn-style: cost model of EzPC SCI at the artifact's bit widths (sirnn-style-W: "
+                f"at W-bit fixed point); {len(fit)} measured SCI anchors reproduced within "
+                f"{worst:.2f}%."
             )
     return out
 

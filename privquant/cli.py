@@ -407,6 +407,7 @@ def cmd_bench(args) -> None:
         images=args.images,
         crypten_images=args.crypten_images,
         sirnn_width=args.sirnn_width,
+        preprocessing=args.preprocessing,
         timeout=args.timeout,
         progress=not args.json,
     )
@@ -858,7 +859,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-emulation", action="store_true", help="estimate latency only")
     b.add_argument("--images", type=int, default=1, help="images per private inference")
     b.add_argument("--crypten-images", type=int, default=None)
-    b.add_argument("--sirnn-width", type=int, default=16, help="SiRNN-style fixed-point bits")
+    b.add_argument(
+        "--sirnn-width",
+        type=int,
+        default=16,
+        help="second SiRNN-style reference at this fixed-point width (the first one uses the "
+        "artifact's own bit widths)",
+    )
+    b.add_argument(
+        "--preprocessing",
+        default="dealer",
+        choices=["dealer", "ot"],
+        help="trust model of the privquant rows: a non-colluding dealer, or the two parties alone",
+    )
     b.add_argument("--timeout", type=_timeout, default=600.0)
     b.add_argument("--out", help="directory for report.json, report.md, comm.png")
     b.add_argument("--json", action="store_true")

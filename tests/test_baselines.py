@@ -166,7 +166,12 @@ def test_bench_cli_writes_report_json_md_png(tmp_path):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
     rows = {row["backend"]: row for row in rep["summary"]}
     assert rows["privquant"]["identical_to_plaintext"] is True
-    assert rows["sirnn-style"]["ratio_vs_privquant"] > 11
+    # like with like is labelled: the dealer-mode privquant row is not SCI's trust model
+    assert rows["sirnn-style-16"]["ratio_vs_privquant"] > 11
+    assert rows["sirnn-style"]["ratio_vs_privquant"] > 1
+    assert rows["sirnn-style"]["same_trust_model"] is False
+    assert "dealer-free" in rows["sirnn-style"]["compares"]
+    assert rows["sirnn-style"]["total_mb"] < rows["sirnn-style-16"]["total_mb"]
     assert "lan" in rep["latency"]["backends"]["privquant"]["estimate"]
     assert (out / "comm.png").read_bytes()[:4] == b"\x89PNG"
     assert "sirnn-style" in (out / "report.md").read_text()
@@ -188,3 +193,33 @@ def test_bench_cli_errors_are_one_line(tmp_path):
 
 def test_anchor_file_ships_with_the_package():
     assert Path(sirnn.ANCHORS_PATH).is_file()
+
+
+def test_sirnn_at_the_artifacts_bit_widths():
+    """The mixed-width model: the linear layer formula with b_a = b_w = W is the uniform one; a
+    4-bit artifact costs far less than at 16-bit fixed point but stays dominated by linear
+    layers; widths follow the program (input 8 bits, activations at their quantizer's bits)."""
+    import privquant
+
+    cfg16 = sci.SirnnConfig(16)
+    for m, k, n_out, n_x in ((64, 27, 16, 3 * 64), (16, 144, 32, 16 * 16)):
+        a = sci.linear_layer(m, k, n_out, n_x, cfg16, msb_known=True)
+        b = sci.linear_layer(m, k, n_out, n_x, cfg16, msb_known=True, b_a=16, b_w=16)
+        assert a == b
+    art = privquant.load(str(WEIGHTS_DIR / "resnet8-w4a4.pq"))
+    mixed = sci.SirnnConfig(mixed=True)
+    r = sirnn.program_cost(art.program, config=mixed)
+    u = sirnn.program_cost(art.program, config=cfg16)
+    assert 3 * r.total_bits() < u.total_bits()
+    assert "artifact" in r.source and r.extra["width"] == "artifact"
+    # widths: the first conv reads the 8-bit image, later layers 4-bit activations
+    from privquant.baselines.sirnn import SirnnContext
+    from privquant.ops import get
+
+    ctx = SirnnContext(art.program, 1, mixed)
+    for op in art.program.ops:
+        get(op.kind).sirnn(op, ctx)
+    first = next(op for op in art.program.ops if op.kind == "conv2d")
+    assert ctx.width[first.inputs[0]] == 8
+    assert ctx.width[first.output] == 8 + int(first.attrs["w_bits"])
+    assert {ctx.width[op.output] for op in art.program.ops if op.kind == "requant"} == {4}

@@ -49,6 +49,14 @@ class BackendResult:
     seconds: dict[str, float] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
+    @property
+    def trust_model(self) -> str:
+        """``dealer-free``, ``dealer``/``ttp`` (a third party) -- for like-with-like checks."""
+        s = self.trust.lower()
+        if s.startswith("dealer-free"):
+            return "dealer-free"
+        return "third party"
+
     @classmethod
     def from_layers(cls, backend, source, trust, batch, layers, **kw) -> BackendResult:
         total = {p: int(sum(getattr(x, p) for x in layers)) for p in PHASES}

@@ -249,10 +249,14 @@ def anchor_fit(path: str | Path = ANCHORS_PATH) -> list[dict]:
 # ------------------------------------------------------------------------------ layers
 @dataclass(frozen=True)
 class SirnnConfig:
-    """Uniform fixed-point width ``width`` for activations and weights, ``frac`` fractional bits."""
+    """Uniform fixed-point width ``width`` for activations and weights, ``frac`` fractional bits;
+    or, with ``mixed=True``, every tensor at the artifact's own bit widths (SiRNN's mixed-bitwidth
+    protocols at the same widths as the quantized program: the network input at 8 bits, each
+    activation at its quantizer's bits, each layer's weights at its ``w_bits``)."""
 
     width: int = DEFAULT_WIDTH
     frac: int | None = None
+    mixed: bool = False
 
     def __post_init__(self):
         if not 4 <= self.width <= 48:
@@ -268,6 +272,8 @@ class SirnnConfig:
 
     @property
     def label(self) -> str:
+        if self.mixed:
+            return "sirnn-style (the artifact's bit widths)"
         return f"sirnn-style (W={self.width}, f={self.f})"
 
 
@@ -276,19 +282,32 @@ def numel(shape) -> int:
 
 
 def linear_layer(
-    m: int, k: int, n_out: int, n_x: int, cfg: SirnnConfig, *, groups: int = 1, msb_known=False
+    m: int,
+    k: int,
+    n_out: int,
+    n_x: int,
+    cfg: SirnnConfig,
+    *,
+    groups: int = 1,
+    msb_known=False,
+    b_a: int | None = None,
+    b_w: int | None = None,
 ) -> Bits:
     """Total bits (and rounds) of one im2col matmul layer: ``groups`` x (M x K) @ (K x N), the
-    shared input feature map having ``n_x`` elements (see the module docstring)."""
+    shared input feature map having ``n_x`` elements (see the module docstring). Activations of
+    ``b_a`` bits and weights of ``b_w`` bits (default: the uniform ``cfg.width``); the product
+    width is ``b_a + b_w`` (SiRNN's ``bwC = bwA + bwB``)."""
     W = cfg.width
+    Wa = W if b_a is None else int(b_a)
+    Ww = W if b_w is None else int(b_w)
     e = clog2(k)
-    tri = W * (W - 1) // 2
-    if cfg.extend_mode(k):
-        bwc = 2 * W
-        ext = z_extend(W, W + e, msb_known)
-        cross = groups * k * n_out * (LAMBDA * W + m * (W * (bwc + e) - tri))
-        wrap_a = wrap(W + e, msb_known)
-        mx = groups * m * k * (LAMBDA + 2 * n_out * (bwc - W))
+    tri = Ww * (Ww - 1) // 2
+    if cfg.mixed or cfg.extend_mode(k):
+        bwc = Wa + Ww
+        ext = z_extend(Wa, Wa + e, msb_known)
+        cross = groups * k * n_out * (LAMBDA * Ww + m * (Ww * (bwc + e) - tri))
+        wrap_a = wrap(Wa + e, msb_known)
+        mx = groups * m * k * (LAMBDA + 2 * n_out * (bwc - Wa))
         tr = truncate_and_reduce(bwc + e, e)
         bits = n_x * ext.bits + cross + n_x * wrap_a.bits + mx + groups * m * n_out * tr.bits
         rounds = ext.rounds + OT_ROUNDS + wrap_a.rounds + mux(1).rounds + tr.rounds
@@ -297,5 +316,8 @@ def linear_layer(
     return Bits(int(cross), OT_ROUNDS)
 
 
-def acc_width(cfg: SirnnConfig, k: int) -> int:
+def acc_width(cfg: SirnnConfig, k: int, b_a: int | None = None, b_w: int | None = None) -> int:
+    """Width of a linear layer's output in the baseline (``b_a + b_w`` when mixed)."""
+    if cfg.mixed:
+        return int(b_a) + int(b_w)
     return 2 * cfg.width if cfg.extend_mode(k) else cfg.width

@@ -79,11 +79,17 @@ def program_cost(
     seeds = LayerCost("(base OTs)", ["setup"], setup_bits=BASE_OT_SETUP_BYTES * 8)
     return BackendResult.from_layers(
         "sirnn-style",
-        f"cost model of EzPC SCI protocols (W={cfg.width}, f={cfg.f}; anchors reproduced exactly)",
+        (
+            "cost model of EzPC SCI protocols at the artifact's bit widths; anchors reproduced"
+            " exactly"
+            if cfg.mixed
+            else f"cost model of EzPC SCI protocols (W={cfg.width}, f={cfg.f}; anchors reproduced"
+            " exactly)"
+        ),
         TRUST,
         batch,
         [seeds, *layers.values()],
-        extra={"width": cfg.width, "frac": cfg.f},
+        extra={"width": "artifact" if cfg.mixed else cfg.width, "frac": cfg.f},
     )
 
 

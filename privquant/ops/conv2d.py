@@ -150,7 +150,9 @@ class LinearLayerKind(OpKind):
         groups = int(op.attrs.get("groups", 1)) if self.name == "conv2d" else 1
         m = ctx.batch * (sci.numel(y.shape[1:]) if self.name == "conv2d" else 1)
         k = sci.numel(w_shape[1:])
-        ctx.width[op.output] = sci.acc_width(ctx.cfg, k)
+        b_a = ctx.width.get(op.inputs[0], ctx.cfg.width) if ctx.cfg.mixed else None
+        b_w = int(op.attrs["w_bits"]) if ctx.cfg.mixed else None
+        ctx.width[op.output] = sci.acc_width(ctx.cfg, k, b_a, b_w)
         return sci.linear_layer(
             m,
             k,
@@ -159,6 +161,8 @@ class LinearLayerKind(OpKind):
             ctx.cfg,
             groups=groups,
             msb_known=x.lo >= 0,
+            b_a=b_a,
+            b_w=b_w,
         )
 
 

@@ -59,7 +59,7 @@ class InputKind(OpKind):
         return InputSig(batched(batch, program.tensors[op.output].shape), rings[op.output])
 
     def sirnn(self, op, ctx):
-        ctx.width[op.output] = ctx.cfg.width
+        ctx.width[op.output] = int(op.attrs.get("bits", 8)) if ctx.cfg.mixed else ctx.cfg.width
         return ZERO
 
 

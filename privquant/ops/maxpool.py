@@ -95,9 +95,10 @@ class MaxpoolKind(OpKind):
 
     def sirnn(self, op, ctx):
         kh, kw = pair(op.attrs["kernel"])
-        step = sci.relu(ctx.cfg.width)
+        w = ctx.width.get(op.inputs[0], ctx.cfg.width) if ctx.cfg.mixed else ctx.cfg.width
+        step = sci.relu(w)
         steps = kh * kw - 1
-        ctx.width[op.output] = ctx.cfg.width
+        ctx.width[op.output] = w
         return sci.Bits(ctx.numel(op.output) * steps * step.bits, steps * step.rounds)
 
 

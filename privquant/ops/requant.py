@@ -129,11 +129,23 @@ class RequantKind(OpKind):
         return RequantOpSig(out, mults, _tuple(op.arrays["offset"]), core)
 
     def sirnn(self, op, ctx):
-        W, f = ctx.cfg.width, ctx.cfg.f
+        """Each input rescaled to the output width (a truncation, or an extension), a residual
+        add as SiRNN's MatAdd, then ReLU and the upper clip as comparison + multiplexer each.
+        Uniform mode: every tensor at ``W`` with ``f`` fractional bits; mixed mode: at the
+        artifact's own widths (output ``bits``; scales are powers of two in SiRNN)."""
+        mixed = ctx.cfg.mixed
+        W = int(op.attrs.get("bits", 8)) if mixed else ctx.cfg.width
+        f = ctx.cfg.f
         bits = rounds = par_rounds = 0
         for t in op.inputs:  # rescale every input to W bits (in parallel)
             tw = ctx.width.get(t, W)
-            if ctx.is_accumulator(t):
+            if mixed:
+                nonneg = ctx.program.tensors[t].lo >= 0
+                if tw > W:
+                    r = sci.truncate_and_reduce(tw, tw - W)
+                else:
+                    r = sci.z_extend(tw, W, nonneg)
+            elif ctx.is_accumulator(t):
                 r = sci.truncate_and_reduce(tw, f) if tw > W else sci.trunc(W, f)
             elif tw > W:
                 r = sci.truncate_and_reduce(tw, tw - W)

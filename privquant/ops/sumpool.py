@@ -114,8 +114,9 @@ class SumpoolKind(OpKind):
         x = ctx.program.tensors[op.inputs[0]]
         kh, kw = pair(op.attrs["kernel"])
         h = sci.clog2(kh * kw)
-        ext = sci.z_extend(ctx.cfg.width, ctx.cfg.width + h, x.lo >= 0)
-        ctx.width[op.output] = ctx.cfg.width + h
+        w = ctx.width.get(op.inputs[0], ctx.cfg.width) if ctx.cfg.mixed else ctx.cfg.width
+        ext = sci.z_extend(w, w + h, x.lo >= 0)
+        ctx.width[op.output] = w + h
         return sci.Bits(ctx.numel(op.inputs[0]) * ext.bits, ext.rounds)
 
 
