@@ -1,10 +1,11 @@
 """Shared pieces of the dealer-free protocols: the OT parameter, one-batch offline phases,
 private randomness and the conversion of :class:`OtCost` to the project's :class:`Cost`.
 
-* :data:`DEFAULT_K` -- the SoftSpokenOT parameter the registered protocols are costed with
-  (``k = 4``: ``128/k - 1 = 31`` bits per random OT, ``32`` per chosen-choice OT; about twice
-  IKNP's AES work and a quarter of its bits, see ``bench/ot_throughput.md``). A protocol object is
-  built for one ``k`` and refuses a provider whose session uses another (its ``cost`` would lie).
+* :data:`DEFAULT_K` -- the SoftSpokenOT parameter the registered protocols are costed with, the
+  ``ot`` provider's default (``k = 4``: ``128/k - 1 = 31`` bits per random OT, ``32`` per
+  chosen-choice OT; about twice IKNP's AES work and a quarter of its bits, see
+  ``bench/ot_throughput.md``). A protocol object is built for one ``k`` and refuses a provider
+  whose session uses another (its ``cost`` would lie).
 * :class:`Batch` -- every protocol collects the OT requests of its offline phase and runs them
   as ONE :meth:`OtSession.batch` (one offline round, both directions), then hands each
   component its slice of the results.
@@ -24,9 +25,8 @@ from privquant.errors import PrivQuantError
 from privquant.protocols.base import Protocol
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.preprocessing.ot.extension import OtRequest, OtSession, check_k
+from privquant.protocols.preprocessing.ot_provider import DEFAULT_K
 from privquant.protocols.primitives.cost import Cost
-
-DEFAULT_K = 4
 
 
 def rot_bits(k: int) -> int:
