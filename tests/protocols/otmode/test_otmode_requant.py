@@ -2,6 +2,8 @@
 kind (const, local, extend, msb s/adom/hdom, rabbit; lifted or not), measured == declared cost
 per phase (bits and rounds, offline included), the unfused ablation and the op wrapper."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -163,3 +165,25 @@ def test_ot_requant_per_element_costs_at_the_sci_widths():
         c = OT_FUSED.full_cost(sig)
         per = (c.online_bits + c.offline_bits) / 8 / n
         assert per <= 0.5 * sci, (_op, _ell, per, sci)
+
+
+def test_ot_requant_other_k():
+    """The same protocol for SoftSpokenOT k = 8 (half the OT bits): exact and costed; a provider
+    with another k is refused with one clear line."""
+    from privquant.errors import PrivQuantError
+    from privquant.protocols.ot import for_k
+
+    sig = RequantSig(1, 20, 12, 0, 15, -H20, H20 - 1, 20)
+    t = requant_inputs(sig, torch.Generator().manual_seed(2), limit=64)
+    proto = for_k(OT_REQUANT, 8)
+    sig = dataclasses.replace(sig, n=t.numel())
+    opsig = RequantOpSig((t.numel(), 1), ((1,),), (0,), sig)
+    t0, t1 = share(t, sig.ell)
+    out0, out1, cost, _ = run_protocol(
+        proto, opsig, (t0.reshape(-1, 1),), (t1.reshape(-1, 1),), k=8
+    )
+    assert torch.equal(ring.reconstruct(out0, out1, 20).reshape(-1), requant_reference(sig, t))
+    assert cost == proto.full_cost(opsig)
+    assert cost.offline_bits < 0.6 * OT_REQUANT.full_cost(opsig).offline_bits
+    with pytest.raises(PrivQuantError, match="k=4"):
+        run_protocol(proto, opsig, (t0.reshape(-1, 1),), (t1.reshape(-1, 1),), k=4)
