@@ -25,9 +25,10 @@ Steps (``m`` = digit size, chosen per group shape for the fewest bits, then roun
    Plus the AND triples of the tree (two random OTs each, any width).
 2. Online, leaves (P0 -> P1, 1 round): for each position P0 sends the table
    ``T(j) = concat over users (lt = [v < j], eq = [v == j])`` masked by the OT keys and its own
-   random output share (:func:`~privquant.protocols.preprocessing.ot.lut.table_online` with a
-   known index); ``v`` is the user's digit of its ``C``. ``eq`` is dropped at leaf 0 of a tree
-   whose root ``eq`` is unused (the low tree; a job tree when ``low = 0``).
+   random output share (the lookup of :mod:`~privquant.protocols.preprocessing.ot.lut` with a
+   known index, sent as one bit stream per digit class); ``v`` is the user's digit of its
+   ``C``. ``eq`` is dropped at leaf 0 of a tree whose root ``eq`` is unused (the low tree; a
+   job tree when ``low = 0``).
 3. Tree (:class:`~privquant.protocols.compare.TreePlan`): ``(lt, eq) = (lt_H xor eq_H*lt_L,
    eq_H*eq_L)``; per pair one triple with the shared operand ``eq_H`` and width 1 (``lt`` only)
    or 2. The joins ``lt_j xor= eq_j * b`` (``b`` the low root) share the operand ``b``: one
@@ -46,15 +47,17 @@ depth)::
 from __future__ import annotations
 
 import functools
+import secrets
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
+import torch
 
 from privquant.errors import PrivQuantError
 from privquant.protocols.compare import TreePlan, digit_sizes
 from privquant.protocols.ot.common import DEFAULT_K, chosen_bits, rot_bits
-from privquant.protocols.preprocessing.ot import lut, nofn, triples
+from privquant.protocols.preprocessing.ot import nofn, triples
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.preprocessing.ot.extension import OtRequest
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
@@ -298,6 +301,36 @@ def _tables(g: OtGroup, c_low: np.ndarray, c_jobs: list[np.ndarray], pos: list[i
     return np.concatenate(rows)
 
 
+def _send_table(party: Party, leaf: nofn.NofNSend, tab: np.ndarray, t: int, tag: str):
+    """P0: send ``T'_j = T(j) xor R_j xor rho`` for every entry ``j`` (P1's index is fixed, so
+    no rotation), as a bit stream of ``N * 2^s * t`` bits; return the output share ``rho``."""
+    n = tab.shape[0]
+    rho = np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64).copy()
+    rho &= np.uint64((1 << t) - 1)
+    masked = tab.view(np.uint64) ^ leaf.keys(t) ^ rho[:, None]
+    if t <= 8:
+        by = masked.astype(np.uint8)[:, :, None]
+        bits = np.unpackbits(by, axis=2, count=t, bitorder="little")
+    else:
+        bits = ((masked[:, :, None] >> np.arange(t, dtype=np.uint64)) & np.uint64(1)).astype(
+            np.uint8
+        )
+    party.send_bits(party.peer, torch.from_numpy(bits.reshape(-1)), tag)
+    return rho.view(np.int64)
+
+
+def _recv_entry(party: Party, leaf: nofn.NofNRecv, t: int, tag: str):
+    """P1: receive the masked tables and unmask its entry: ``T'_i xor R_i = T(i) xor rho``."""
+    n, big = len(leaf), 1 << leaf.m
+    bits = party.recv_bits(party.peer, (n * big * t,), tag).numpy().reshape(n, big, t)
+    mine = bits[np.arange(n), leaf.index]
+    if t <= 8:
+        v = np.packbits(mine, axis=1, bitorder="little")[:, 0].astype(np.uint64)
+    else:
+        v = (mine.astype(np.uint64) << np.arange(t, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+    return (v ^ leaf.key(t)).view(np.int64)
+
+
 def online(party: Party, pres: list[GroupPre], data, tag: str = "otc") -> list[list[np.ndarray]]:
     """Run all groups. ``data[g]``: at P0 ``(c_low, c_jobs)`` ((n,) int64 and one (n,) int64 per
     job), at P1 ignored (its masks were fixed offline). Returns per group the XOR shares (uint8
@@ -319,13 +352,12 @@ def online(party: Party, pres: list[GroupPre], data, tag: str = "otc") -> list[l
                 raise PrivQuantError("comparison: P0's values have the wrong length")
         for cls, pos in g.classes().items():
             s, t = cls
+            ctag = f"{tag}.{gi}.{s}.{t}"
             if me == SERVER:
                 tab = _tables(g, c_low, c_jobs, pos)
-                sh = lut.table_online(
-                    party, pre.leaves[cls], tab, t, known_index=True, tag=f"{tag}.{gi}.{s}.{t}"
-                )
+                sh = _send_table(party, pre.leaves[cls], tab, t, ctag)
             else:
-                sh = lut.index_recv(party, pre.leaves[cls], t, tag=f"{tag}.{gi}.{s}.{t}")
+                sh = _recv_entry(party, pre.leaves[cls], t, ctag)
             got[cls] = sh.reshape(len(pos), g.n)
         leaf_bits.append(got)
     # decode into per-tree (lt, eq) node arrays
