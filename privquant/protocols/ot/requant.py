@@ -58,6 +58,12 @@ Cost (``n`` elements; circuit, selection and lift costs of :mod:`.circuit`, :mod
     offline = circuit.offline + select.offline + lift.offline     (one batch, 1 round)
     rounds  = 1 + (1 + D if circuit) + [select has products] + [lift]
     extend:   online n*(L' - L + 1), offline n*(128/k - 1), 1 round
+
+(``rounds`` is the exact Lamport depth of this message pattern, :func:`.common.lamport_depth`.)
+Example, ``k = 4``: ``L = 20``, shift 12, ReLU and clip at 15 over the whole ring, ``L' = 20``:
+form ``adom``, jobs ``ref`` and ``h`` of 7 bits over a 12-bit low block, 4-bit digits, selection
+in ``Z_2^5`` and a lift: per element 298 online and 1259 offline bits (194.6 bytes), 7 rounds.
+ReLU at ``L = 32``: 230.75 bytes per element (EzPC SCI: 531.5).
 """
 
 from __future__ import annotations
