@@ -57,6 +57,7 @@ import torch
 from privquant.errors import PrivQuantError
 from privquant.protocols.compare import TreePlan, digit_sizes
 from privquant.protocols.ot.common import DEFAULT_K, chosen_bits, rot_bits
+from privquant.protocols.ot.nkeys import sender_keys
 from privquant.protocols.preprocessing.ot import nofn, triples
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.preprocessing.ot.extension import OtRequest
@@ -266,7 +267,7 @@ def build(groups, rank: int, results: list) -> list[GroupPre]:
         for (s, t), _pos in g.classes().items():
             leaf = nofn.wrap(rank, SERVER, s, results[i])
             if isinstance(leaf, nofn.NofNSend):  # input-independent hashing: do it now
-                leaf.keys(t)
+                sender_keys(leaf, t)
             else:
                 leaf.key(t)
             pre.leaves[(s, t)] = leaf

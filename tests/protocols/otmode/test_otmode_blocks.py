@@ -178,3 +178,23 @@ def test_lamport_depth_model():
     # P1's next one-way message right after a round P0 finished overlaps it
     assert lamport_depth(["10", "01", "x", "10"]) == 3
     assert lamport_depth(["01", "10", "01"]) == 3
+
+
+@pytest.mark.parametrize("m", [1, 3, 4, 8])
+def test_sender_keys_equal_the_ot_layer_definition(m):
+    """:func:`nkeys.sender_keys` (half the AES) computes exactly ``NofNSend.keys``; the receiver's
+    key is the sender's key at its index."""
+    from privquant.protocols.ot.nkeys import sender_keys
+    from privquant.protocols.preprocessing.ot import nofn
+
+    def body(corr):
+        return nofn.offline(session_of(corr, 4), 0, 3000 if m < 8 else 300, m)
+
+    res, _, _ = run_pair(body, body)
+    snd, rcv = res[0], res[1]
+    for w in (1, 5, 64):
+        fast = sender_keys(snd, w).copy()
+        snd._cache.clear()
+        assert np.array_equal(fast, snd.keys(w))
+        assert np.array_equal(fast[np.arange(len(rcv)), rcv.index], rcv.key(w))
+        snd._cache.clear()
