@@ -103,6 +103,16 @@ class OtProtocol(Protocol):
     def full_cost(self, sig) -> OtCost:
         raise NotImplementedError
 
+    def online_steps(self, sig) -> list[str]:
+        """The online message pattern (``"01"``, ``"10"``, ``"x"`` steps; :func:`lamport_depth`
+        of it is ``full_cost(sig).online_rounds``)."""
+        raise NotImplementedError
+
+    def end_clocks(self, sig) -> tuple[int, int]:
+        """``(P0, P1)`` Lamport clocks at the end of the online phase, from synchronized clocks
+        (:func:`lamport_clocks` of :meth:`online_steps`)."""
+        return lamport_clocks(self.online_steps(sig))
+
     def online_cost(self, sig) -> Cost:
         c = self.full_cost(sig)
         return Cost(online_bits=c.online_bits, rounds=c.online_rounds)
@@ -127,6 +137,14 @@ def lamport_depth(steps) -> int:
     of a sequence of steps: ``"01"`` P0 sends to P1, ``"10"`` P1 to P0, ``"x"`` a simultaneous
     exchange. A one-way message from the party that is behind overlaps the previous step (e.g. P1
     opening the next level right after a product round whose last message came from P0)."""
+    return max(lamport_clocks(steps))
+
+
+def lamport_clocks(steps) -> tuple[int, int]:
+    """Each party's clock ``(P0, P1)`` after the steps (see :func:`lamport_depth`). A scope the
+    runtime enters once per op (conv then requant under one layer name) measures, per party, the
+    sum of these; e.g. a linear layer ends at ``(1, 0)`` and a requant that starts with P1's
+    opening overlaps it."""
     c0 = c1 = 0
     for s in steps:
         if s == SEND01:
@@ -137,7 +155,7 @@ def lamport_depth(steps) -> int:
             c0, c1 = max(c0, c1 + 1), max(c1, c0 + 1)
         else:
             raise ValueError(f"unknown step {s!r}")
-    return max(c0, c1)
+    return c0, c1
 
 
 def batch_step(reqs) -> str | None:

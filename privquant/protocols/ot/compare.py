@@ -69,9 +69,13 @@ class OtCompare(OtProtocol):
         return OtCost(
             online_bits=sig.n * sig.ell + c.online_bits,
             offline_bits=c.offline_bits,
-            online_rounds=lamport_depth([SEND10, SEND01] + [EXCHANGE] * g.layout.depth),
+            online_rounds=lamport_depth(self.online_steps(sig)),
             offline_rounds=1,
         )
+
+    def online_steps(self, sig: CompareSig) -> list[str]:
+        g = group(sig, self.k)
+        return [] if g is None else [SEND10, SEND01] + [EXCHANGE] * g.layout.depth
 
     def offline(self, corr, sig: CompareSig, state=None):
         g = group(sig, self.k)

@@ -23,7 +23,7 @@ import torch
 from privquant.errors import PrivQuantError
 from privquant.protocols.lift import LiftSig
 from privquant.protocols.ot import cotprod
-from privquant.protocols.ot.common import Batch, OtProtocol, session_of
+from privquant.protocols.ot.common import EXCHANGE, Batch, OtProtocol, session_of
 from privquant.protocols.ot.cotprod import CotSpec
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.primitives import ring
@@ -65,6 +65,9 @@ class OtLift(OtProtocol):
 
     def full_cost(self, sig: LiftSig) -> OtCost:
         return full_cost(self.k, sig)
+
+    def online_steps(self, sig: LiftSig) -> list[str]:
+        return [EXCHANGE] if sig.n else []
 
     def offline(self, corr, sig: LiftSig, state=None):
         check(sig)

@@ -45,7 +45,13 @@ import torch
 
 from privquant.errors import PrivQuantError
 from privquant.protocols.linear import LinearSig, ring_lin
-from privquant.protocols.ot.common import DEFAULT_K, OtProtocol, private_ring, session_of
+from privquant.protocols.ot.common import (
+    DEFAULT_K,
+    SEND10,
+    OtProtocol,
+    private_ring,
+    session_of,
+)
 from privquant.protocols.preprocessing import he
 from privquant.protocols.preprocessing.he.protocol import _decrypt_response as decrypt_response
 from privquant.protocols.preprocessing.he.protocol import _tags as he_tags
@@ -183,6 +189,9 @@ class OtLinear(OtProtocol):
         if c is None:
             raise PrivQuantError(f"layer {sig.key!r}: construction {m!r} does not apply")
         return OtCost(online_bits=_nx(sig) * sig.ell, online_rounds=1).then(c)
+
+    def online_steps(self, sig: LinearSig) -> list[str]:
+        return [SEND10]
 
     def setup(self, corr, sig: LinearSig, params=None) -> OtLinearState:
         ring.check_ell(sig.ell)

@@ -99,27 +99,35 @@ class OtMaxpool(OtProtocol):
     kind = "maxpool"
 
     def full_cost(self, sig: MaxpoolSig) -> OtCost:
-        L, on, off, steps = sig.ell, 0, 0, []
+        L, on, off = sig.ell, 0, 0
         if sig.windows == 0:
             return OtCost()
         for pairs in _levels(sig):
             n = sig.windows * pairs
-            g = _group(self.k, n, L)
-            c = g.cost().then(_spec(n, L).cost(self.k))
+            c = _group(self.k, n, L).cost().then(_spec(n, L).cost(self.k))
             on += n * L + c.online_bits
             off += c.offline_bits
-            steps += [SEND10, SEND01] + [EXCHANGE] * g.layout.depth + [EXCHANGE]
         ls = _lift_sig(sig)
         if ls is not None:
             c = otlift.full_cost(self.k, ls)
             on, off = on + c.online_bits, off + c.offline_bits
-            steps.append(EXCHANGE)
         return OtCost(
             online_bits=on,
             offline_bits=off,
-            online_rounds=lamport_depth(steps),
+            online_rounds=lamport_depth(self.online_steps(sig)),
             offline_rounds=int(off > 0),
         )
+
+    def online_steps(self, sig: MaxpoolSig) -> list[str]:
+        if sig.windows == 0:
+            return []
+        steps = []
+        for pairs in _levels(sig):
+            depth = _group(self.k, sig.windows * pairs, sig.ell).layout.depth
+            steps += [SEND10, SEND01] + [EXCHANGE] * depth + [EXCHANGE]
+        if _lift_sig(sig) is not None:
+            steps.append(EXCHANGE)
+        return steps
 
     def offline(self, corr, sig: MaxpoolSig, state=None):
         L, rank = sig.ell, corr.role

@@ -456,6 +456,9 @@ class OtFusedRequant(OtProtocol):
     def full_cost(self, sig: RequantSig) -> OtCost:
         return plan_cost(self.plan(sig))
 
+    def online_steps(self, sig: RequantSig) -> list[str]:
+        return _steps(self.plan(sig))
+
     def offline(self, corr, sig: RequantSig, state=None):
         return _offline(corr, self.plan(sig))
 
@@ -476,6 +479,9 @@ class OtRequantOp(OtProtocol):
 
     def full_cost(self, sig: RequantOpSig) -> OtCost:
         return self.core.full_cost(sig.core)
+
+    def online_steps(self, sig: RequantOpSig) -> list[str]:
+        return self.core.online_steps(sig.core)
 
     def offline(self, corr, sig: RequantOpSig, state=None):
         return self.core.offline(corr, sig.core)
@@ -502,21 +508,21 @@ class OtUnfusedRequant(OtFusedRequant):
     kind = "unfused_requant"
 
     def full_cost(self, sig: RequantSig) -> OtCost:
-        steps, off = [], 0
-        on = 0
+        on = off = 0
         for s in unfused_steps(sig):
-            p = self.plan(s)
-            c = plan_cost(p)
+            c = plan_cost(self.plan(s))
             on, off = on + c.online_bits, off + c.offline_bits
-            steps += _steps(p)
         return OtCost(
             online_bits=on,
             offline_bits=off,
-            online_rounds=lamport_depth(steps),
+            online_rounds=lamport_depth(self.online_steps(sig)),
             offline_rounds=lamport_depth(
                 [st for s in unfused_steps(sig) if (st := offline_step(self.plan(s)))]
             ),
         )
+
+    def online_steps(self, sig: RequantSig) -> list[str]:
+        return [st for s in unfused_steps(sig) for st in _steps(self.plan(s))]
 
     def offline(self, corr, sig: RequantSig, state=None):
         return [_offline(corr, self.plan(s)) for s in unfused_steps(sig)]
