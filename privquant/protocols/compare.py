@@ -233,6 +233,21 @@ def _depth(groups) -> int:
 
 
 @functools.cache
+def _level_gates(low: int, widths: tuple[int, ...], want_low: bool, d: int, level: int):
+    """``Group.level`` memoized on the group's shape (it does not depend on ``n``)."""
+    return Group(1, low, widths, want_low, d).level(level)
+
+
+@functools.cache
+def _gate_index(low: int, widths: tuple[int, ...], want_low: bool, d: int, level: int):
+    """The gates' operand index tensors of one level (memoized)."""
+    _nops, gates = _level_gates(low, widths, want_low, d, level)
+    ii = torch.tensor([p for p, _ in gates], dtype=torch.long)
+    jj = torch.tensor([q for _, q in gates], dtype=torch.long)
+    return ii, jj
+
+
+@functools.cache
 def _unit_counts(low: int, widths: tuple[int, ...], want_low: bool, d: int):
     g = Group(1, low, widths, want_low, d)
     u = gates = 0
@@ -377,35 +392,55 @@ def _anf(f) -> list[int]:
     return a
 
 
-def _tables(s: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ANF coefficient tables ``(LT, EQ)``, each (2^s values v, 2^s monomial masks) uint8, of
-    ``r -> [v < r]`` and ``r -> [v == r]`` over ``s``-bit ``r``."""
+def _tables(s: int) -> torch.Tensor:
+    """ANF coefficients of ``r -> [v < r]`` (bits 0..31) and ``r -> [v == r]`` (bits 32..63)
+    over ``s``-bit ``r`` (s <= 5), one int64 per public value ``v``: bit ``m`` (``32 + m``) is the
+    coefficient of monomial ``m`` (a bit mask over the digit's bits) in ``lt`` (``eq``)."""
     if s not in _TABLES:
         vals = range(1 << s)
-        lt = [_anf([int(v < r) for r in vals]) for v in vals]
-        eq = [_anf([int(v == r) for r in vals]) for v in vals]
-        _TABLES[s] = (torch.tensor(lt, dtype=torch.uint8), torch.tensor(eq, dtype=torch.uint8))
+
+        def packed(row) -> int:
+            return sum(b << m for m, b in enumerate(row))
+
+        rows = [
+            packed(_anf([int(v < r) for r in vals]))
+            | packed(_anf([int(v == r) for r in vals])) << 32
+            for v in vals
+        ]
+        # as signed int64 (two's complement: the eq half may use bit 63)
+        _TABLES[s] = torch.tensor([x - (1 << 64) if x >> 63 else x for x in rows])
     return _TABLES[s]
 
 
-_TABLES: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+_TABLES: dict[int, torch.Tensor] = {}
+
+
+_FOLD = tuple((sh, ((1 << sh) - 1) * (1 | 1 << 32)) for sh in (16, 8, 4, 2, 1))
+
+
+def _parities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parities of bits 0..31 and of bits 32..63 of each int64, as uint8 0/1: XOR-folding each
+    32-bit half onto its low bits (masked, so the halves and the sign never mix)."""
+    for sh, keep in _FOLD:
+        x = x ^ ((x >> sh) & keep)
+    return (x & 1).to(torch.uint8), ((x >> 32) & 1).to(torch.uint8)
 
 
 def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | None):
-    """Per block, per digit: this party's shares (2^s, n) of ALL monomials of the digit (mask 0 is
-    the constant 1, held by P0; single bits are the mask-bit shares)."""
+    """Per block, per digit: this party's shares of ALL monomials of the digit packed in one
+    int64 per element, bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held by P0; single
+    bits are the mask-bit shares; degree >= 2 the provider's monomials)."""
     out, row = [], 0
     for start, sizes in g.blocks:
         digits, pos = [], start
         for s in sizes:
-            full = torch.empty((1 << s, g.n), dtype=torch.uint8)
-            full[0] = 1 if role == SERVER else 0
+            acc = torch.full((g.n,), 1 if role == SERVER else 0, dtype=torch.int64)
             for i in range(s):
-                full[1 << i] = rbits[pos + i]
+                acc |= rbits[pos + i].to(torch.int64) << (1 << i)
             for m in multi_masks(s):
-                full[m] = mono[row]
+                acc |= mono[row].to(torch.int64) << m
                 row += 1
-            digits.append(full)
+            digits.append(acc)
             pos += s
         out.append(digits)
     return out
@@ -413,15 +448,17 @@ def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | 
 
 def _leaves(g: Group, digits: list[torch.Tensor], c: torch.Tensor, start: int, width: int):
     """Shares of ``[lt, eq]`` (leaves, n) of the digits of bits ``start..start+width-1`` of the
-    public ``c`` against the mask (``digits`` = :func:`_block_monos` of the block at ``start``)."""
+    public ``c`` against the mask (``digits`` = :func:`_block_monos` of the block at ``start``):
+    the parity of (the public value's ANF coefficients AND this party's monomial shares). A
+    digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s)."""
     lts, eqs = [], []
     for i, pos in enumerate(range(0, width, g.d)):
         s = min(g.d, width - pos)
         v = (c >> (start + pos)) & ((1 << s) - 1)
-        mono = digits[i][: 1 << s].T  # (n, 2^s): monomials of the digit's first s bits
-        lt_t, eq_t = _tables(s)
-        lts.append(((lt_t[v] & mono).sum(1) & 1).to(torch.uint8))
-        eqs.append(((eq_t[v] & mono).sum(1) & 1).to(torch.uint8))
+        mono = digits[i] | (digits[i] << 32)  # the shares again under the eq coefficients
+        lt, eq = _parities(_tables(s)[v] & mono)
+        lts.append(lt)
+        eqs.append(eq)
     return [torch.stack(lts), torch.stack(eqs)]
 
 
@@ -465,7 +502,7 @@ def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[l
                 ops += [
                     state[gi][ti][1][:1] for ti in range(1, len(g.trees)) if g.trees[ti] is not None
                 ]
-            nops, gates = g.level(level)
+            nops, gates = _level_gates(g.low, g.widths, g.want_low, g.d, level)
             x = torch.cat(ops) if ops else torch.empty((0, g.n), dtype=torch.uint8)
             assert x.shape[0] == nops
             ops_all.append(x)
@@ -480,8 +517,7 @@ def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[l
                 continue
             d = masked[i] ^ opened[i].reshape(masked[i].shape)
             a = pre.masks[idx + i]
-            ii = torch.tensor([p for p, _ in gates], dtype=torch.long)
-            jj = torch.tensor([q for _, q in gates], dtype=torch.long)
+            ii, jj = _gate_index(g.low, g.widths, g.want_low, g.d, level)
             z = pre.cs[idx + i] ^ (d[ii] & a[jj]) ^ (d[jj] & a[ii])
             if role == SERVER:
                 z = z ^ (d[ii] & d[jj])

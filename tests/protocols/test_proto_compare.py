@@ -133,3 +133,16 @@ def test_compare_protocol_thresholds(ell, data, dealer):
     for t, a, b in zip(ts, run.out0, run.out1):
         assert torch.equal(a ^ b, (x >= t).to(torch.uint8))
     assert_cost(run, compare.COMPARE.cost(sig))
+
+
+def test_parities_of_both_halves_exact_incl_sign_bit():
+    import random
+
+    from privquant.protocols.compare import _parities
+
+    rnd = random.Random(7)
+    vals = [rnd.getrandbits(64) for _ in range(5000)] + [2**64 - 1, 2**63, 2**63 - 1, 0, 2**32]
+    x = torch.tensor([v - (1 << 64) if v >> 63 else v for v in vals])
+    lo, hi = _parities(x)
+    assert lo.tolist() == [bin(v & 0xFFFFFFFF).count("1") % 2 for v in vals]
+    assert hi.tolist() == [bin(v >> 32).count("1") % 2 for v in vals]
