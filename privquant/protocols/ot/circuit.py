@@ -236,6 +236,7 @@ def cost(groups) -> OtCost:
 class GroupPre:
     group: OtGroup
     leaves: dict = field(default_factory=dict)  # class -> NofNSend | NofNRecv
+    keys: dict = field(default_factory=dict)  # class -> P0's keys R_j, truncated to t bits
     triples: triples.Triples | None = None
 
 
@@ -267,7 +268,8 @@ def build(groups, rank: int, results: list) -> list[GroupPre]:
         for (s, t), _pos in g.classes().items():
             leaf = nofn.wrap(rank, SERVER, s, results[i])
             if isinstance(leaf, nofn.NofNSend):  # input-independent hashing: do it now
-                sender_keys(leaf, t)
+                keys = sender_keys(leaf, t)
+                pre.keys[(s, t)] = keys.astype(np.uint8) if t <= 8 else keys
             else:
                 leaf.key(t)
             pre.leaves[(s, t)] = leaf
@@ -283,36 +285,47 @@ def _digit(v: np.ndarray, start: int, s: int) -> np.ndarray:
     return (v >> start) & ((1 << s) - 1)
 
 
-def _tables(g: OtGroup, c_low: np.ndarray, c_jobs: list[np.ndarray], pos: list[int]):
-    """P0's tables (len(pos) * n, 2^s) for one class of positions."""
+@functools.cache
+def _leaf_lut(s_eff: int, s: int, t: int) -> np.ndarray:
+    """(2^s_eff, 2^s) uint8: ``[v < j'] | [v == j'] << 1`` (``eq`` only if ``t = 2``) with ``j'``
+    the low ``s_eff`` bits of the index ``j``."""
+    v = np.arange(1 << s_eff)[:, None]
+    j = (np.arange(1 << s) & ((1 << s_eff) - 1))[None, :]
+    out = (v < j).astype(np.uint8)
+    if t == 2:
+        out |= (v == j).astype(np.uint8) << 1
+    return out
+
+
+def _tables(g: OtGroup, c_low: np.ndarray, c_jobs: list[np.ndarray], pos: list[int], t: int):
+    """P0's tables (len(pos) * n, 2^s) for one class of positions (uint8 if ``t <= 8``)."""
+    dt = np.uint8 if t <= 8 else np.uint64
     rows = []
     for p in pos:
         start, s, entries = g.layout.positions[p]
-        tab = np.zeros((g.n, 1 << s), dtype=np.int64)
+        tab = np.zeros((g.n, 1 << s), dtype=dt)
         off = 0
-        for tree, _leaf, s_eff, t in entries:
+        for tree, _leaf, s_eff, te in entries:
             c = c_low if tree == 0 else c_jobs[tree - 1]
-            v = _digit(c, start, s_eff)[:, None]
-            j = (np.arange(1 << s) & ((1 << s_eff) - 1))[None, :]
-            tab |= (v < j).astype(np.int64) << off
-            if t == 2:
-                tab |= (v == j).astype(np.int64) << (off + 1)
-            off += t
+            part = _leaf_lut(s_eff, s, te)[_digit(c, start, s_eff)]
+            tab |= part.astype(dt) << dt(off)
+            off += te
         rows.append(tab)
     return np.concatenate(rows)
 
 
-def _send_table(party: Party, leaf: nofn.NofNSend, tab: np.ndarray, t: int, tag: str):
+def _send_table(party: Party, keys: np.ndarray, tab: np.ndarray, t: int, tag: str):
     """P0: send ``T'_j = T(j) xor R_j xor rho`` for every entry ``j`` (P1's index is fixed, so
-    no rotation), as a bit stream of ``N * 2^s * t`` bits; return the output share ``rho``."""
+    no rotation), as a bit stream of ``N * 2^s * t`` bits; return the output share ``rho``.
+    ``keys``: the OTs' keys ``R_j`` truncated to ``t`` bits (uint8 if ``t <= 8``)."""
     n = tab.shape[0]
     rho = np.frombuffer(secrets.token_bytes(8 * n), dtype=np.uint64).copy()
     rho &= np.uint64((1 << t) - 1)
-    masked = tab.view(np.uint64) ^ leaf.keys(t) ^ rho[:, None]
     if t <= 8:
-        by = masked.astype(np.uint8)[:, :, None]
-        bits = np.unpackbits(by, axis=2, count=t, bitorder="little")
+        masked = tab ^ keys ^ rho.astype(np.uint8)[:, None]
+        bits = np.unpackbits(masked[:, :, None], axis=2, count=t, bitorder="little")
     else:
+        masked = tab ^ keys ^ rho[:, None]
         bits = ((masked[:, :, None] >> np.arange(t, dtype=np.uint64)) & np.uint64(1)).astype(
             np.uint8
         )
@@ -355,8 +368,8 @@ def online(party: Party, pres: list[GroupPre], data, tag: str = "otc") -> list[l
             s, t = cls
             ctag = f"{tag}.{gi}.{s}.{t}"
             if me == SERVER:
-                tab = _tables(g, c_low, c_jobs, pos)
-                sh = _send_table(party, pre.leaves[cls], tab, t, ctag)
+                tab = _tables(g, c_low, c_jobs, pos, t)
+                sh = _send_table(party, pre.keys[cls], tab, t, ctag)
             else:
                 sh = _recv_entry(party, pre.leaves[cls], t, ctag)
             got[cls] = sh.reshape(len(pos), g.n)
