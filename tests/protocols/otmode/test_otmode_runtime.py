@@ -131,3 +131,31 @@ def test_ot_mode_views(sample):
     for i in range(0, len(raw_x) - 64, 97):
         if len(set(raw_x[i : i + 64])) > 4:  # skip flat background runs
             assert raw_x[i : i + 64] not in blob
+
+
+def test_ot_session_many_inferences(sample):
+    """One setup (base OTs, weight-bit OTs, HE keys and weight plaintexts), then inferences of
+    batch 1 and 2: every one exact; the second inference sends no setup traffic."""
+    from privquant.runtime import Session
+
+    art = shipped("lenet5-w8a8.pq")
+    pub = Program.from_public_dict(art.program.public_dict())
+    xs = [sample[0][:1], sample[0][1:3]]
+
+    def role(p, prog, client):
+        s = Session(p, prog, preprocessing="ot")
+        s.setup()
+        outs, setup_bits = [], []
+        for x in xs:
+            before = p.stats.bits_sent["setup"]
+            r = s.infer(int(x.shape[0]), x if client else None)
+            outs.append(r.logits)
+            setup_bits.append(p.stats.bits_sent["setup"] - before)
+        return outs, setup_bits
+
+    res = simulate(lambda p: role(p, art.program, False), lambda p: role(p, pub, True), timeout=900)
+    outs, _ = res.results[1]
+    for x, y in zip(xs, outs):
+        assert torch.equal(y, run_plain(art.program, x))
+    for r in res.results[:2]:
+        assert r[1][1] == 0  # nothing of the second inference is setup
