@@ -94,7 +94,7 @@ class CO3(GradCompressor):
     name = "co3"
 
     def __init__(
-        self, *, exp: int = 3, man: int = 1, beta: float = 1.0, level: int = 6, **kw
+        self, *, exp: int = 3, man: int = 0, beta: float = 1.0, level: int = 6, **kw
     ) -> None:
         if not 1 <= exp <= 5 or not 0 <= man <= 7 or 1 + exp + man > 8:
             raise PrivQuantError("co3: need 1 <= --exp <= 5, --man >= 0, 1 + exp + man <= 8")
