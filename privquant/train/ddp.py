@@ -98,6 +98,8 @@ def load_data(cfg: RunConfig):
     from privquant.models.data import load_fashion_mnist
 
     x, y = load_fashion_mnist("train", cfg.limit)
+    if cfg.test_limit == 0:
+        return x, y, x[:0], y[:0]
     tx, ty = load_fashion_mnist("test", cfg.test_limit)
     return x, y, tx, ty
 
@@ -268,6 +270,7 @@ def run_worker(cfg: RunConfig) -> dict | None:
         result = summarize(cfg, world, gathered, curve, train_seconds, per_epoch)
         model.eval()
         result["test_top1"] = evaluate_float(model, tx, ty) if len(ty) else None
+        result["train_size"] = len(y)
         result["final_loss"] = loss_sum / max(len(steps), 1)
         if cfg.out:
             if cfg.qat is None:

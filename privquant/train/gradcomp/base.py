@@ -53,6 +53,7 @@ class GradCompressor:
         self.gen = torch.Generator()
         self._segments: dict[int, Segments] = {}
         self.last_info: dict[int, dict] = {}
+        self.resets = 0  # per-bucket states dropped because their bucket changed
 
     # ------------------------------------------------------------------ set-up / options
     def options(self) -> dict[str, Any]:
@@ -81,11 +82,15 @@ class GradCompressor:
         return self.comm.rank
 
     # ------------------------------------------------------------------ per-bucket state
-    def state_for(self, index: int, numel: int, **init: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The state of bucket ``index``; (re)created from ``init`` when missing or resized."""
+    def state_for(self, index: int, seg: Segments, **init: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The state of bucket ``index``; (re)created from ``init`` when missing or when the
+        bucket now holds different layers (sizes differ: DDP rebuilt its buckets)."""
+        sizes = torch.tensor(seg.sizes, dtype=torch.int64)
         st = self.buckets.get(index)
-        if st is None or int(st["numel"]) != numel:
-            st = {"numel": torch.tensor(numel)}
+        if st is None or not torch.equal(st["sizes"], sizes):
+            if st is not None:
+                self.resets += 1
+            st = {"sizes": sizes}
             st.update({k: v.clone() for k, v in init.items()})
             self.buckets[index] = st
         return st

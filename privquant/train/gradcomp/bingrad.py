@@ -58,7 +58,7 @@ class BinGrad(GradCompressor):
 
     def compress(self, index: int, buf: torch.Tensor, seg: B.Segments) -> torch.futures.Future:
         n, nl, world = buf.numel(), seg.count, self.world
-        st = self.state_for(index, n, e=buf.new_zeros(n))
+        st = self.state_for(index, seg, e=buf.new_zeros(n))
         x = buf + st["e"] if self.ef else buf.clone()
         b1, b2, t = binary_levels(x, seg, self.iters)
         bit = x >= seg.expand(t)

@@ -109,7 +109,7 @@ class CO3(GradCompressor):
 
     def compress(self, index: int, buf: torch.Tensor, seg: B.Segments) -> torch.futures.Future:
         n, world = buf.numel(), self.world
-        st = self.state_for(index, n, e=buf.new_zeros(n))
+        st = self.state_for(index, seg, e=buf.new_zeros(n))
         x = buf + st["e"]
         big_e, codes = self.fmt.encode(x)
         st["e"].copy_((x - self.fmt.decode(big_e, codes)) * self.beta)

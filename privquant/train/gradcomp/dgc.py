@@ -92,7 +92,7 @@ class DGC(GradCompressor):
 
     def compress(self, index: int, buf: torch.Tensor, seg: B.Segments) -> torch.futures.Future:
         n, world = buf.numel(), self.world
-        st = self.state_for(index, n, u=buf.new_zeros(n), v=buf.new_zeros(n))
+        st = self.state_for(index, seg, u=buf.new_zeros(n), v=buf.new_zeros(n))
         g = buf
         if self.clip > 0:
             norm = float(g.norm())
