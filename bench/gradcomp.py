@@ -14,7 +14,8 @@ Runs (one JSON each under ``--runs``, skipped when present: the benchmark resume
 
 Usage::
 
-    python bench/gradcomp.py --quick          # 12k images, 3 epochs, 40 slow-link steps
+    python bench/gradcomp.py --quick          # W=2: 12k images, 3 epochs; W=4 and the
+                                              # emulated links: 40-step bytes/timing runs
     python bench/gradcomp.py --full           # 60k images, 10 epochs, 100 slow-link steps
     python bench/gradcomp.py --report-only    # rebuild the table and plot from the JSONs
 """
@@ -52,6 +53,7 @@ SLOW_DEFAULT = ("none", "fp16", "terngrad", "qsgd", "dgc", "bingrad", "orq", "co
 
 
 def config(args, variant: str, *, slow: bool = False):
+    """``slow``: a timing/bytes run of ``--slow-steps`` steps (no accuracy)."""
     from privquant.train.ddp import RunConfig
 
     method, opts = VARIANTS[variant]
@@ -61,7 +63,7 @@ def config(args, variant: str, *, slow: bool = False):
         lr=args.lr,
         batch_size=args.batch_size,
         limit=args.limit,
-        test_limit=args.test_limit,
+        test_limit=500 if slow else args.test_limit,
         seed=args.seed,
         method=method,
         options=dict(opts),
@@ -75,9 +77,12 @@ def config(args, variant: str, *, slow: bool = False):
 def run_acc(args, variant: str, world: int, link=None) -> dict:
     from privquant.train.launch import launch_local
 
+    short = world not in args.acc_workers
     t0 = time.perf_counter()
-    res = launch_local(config(args, variant), world, deadline_s=6 * 3600)
-    res.update(variant=variant, link="loopback", wall=time.perf_counter() - t0)
+    res = launch_local(config(args, variant, slow=short), world, deadline_s=6 * 3600)
+    res.update(variant=variant, link="loopback", wall=time.perf_counter() - t0, short=short)
+    if short:
+        res["test_top1"] = None  # a bytes/timing run: too short for accuracy
     return res
 
 
@@ -311,6 +316,12 @@ def main(argv=None) -> int:
     p.add_argument("--runs", default=None, help="directory of per-run JSONs")
     p.add_argument("--out", default=str(HERE / "gradcomp.md"))
     p.add_argument("--workers", default="2,4")
+    p.add_argument(
+        "--acc-workers",
+        default=None,
+        help="W values trained for accuracy (others: --slow-steps bytes/timing runs on "
+        "loopback); default 2 with --quick, all with --full",
+    )
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--slow-variants", default=None)
     p.add_argument(
@@ -334,6 +345,9 @@ def main(argv=None) -> int:
     args.slow_steps = args.slow_steps or (40 if quick else 100)
     args.runs = args.runs or str(HERE / "reports" / f"gradcomp-{args.mode}")
     args.workers = [int(w) for w in args.workers.split(",")]
+    if args.acc_workers is None:
+        args.acc_workers = "2" if quick else ",".join(map(str, args.workers))
+    args.acc_workers = [int(w) for w in args.acc_workers.split(",") if w]
     args.variants = [v for v in args.variants.split(",") if v]
     args.slow_variants = (
         [v for v in args.slow_variants.split(",") if v]

@@ -14,7 +14,8 @@ sets, and what :mod:`privquant.train.launch` sets for N local processes). Each r
 * at the end averages the BatchNorm running statistics over the ranks, hashes its state and
   checks all replicas are bit-identical; rank 0 evaluates, saves and writes the JSON result.
 
-``python -m privquant.train.ddp CONFIG.json`` runs one rank.
+``python -m privquant.train.ddp CONFIG.json`` runs one rank (a JSON list of configs: several
+trainings in turn, in one process group).
 """
 
 from __future__ import annotations
@@ -83,6 +84,9 @@ class RunConfig:
             raise PrivQuantError(f"unknown training data {self.data!r}")
         if self.bucket_cap_mb <= 0:
             raise PrivQuantError("--bucket-cap-mb must be positive")
+        from privquant.train.gradcomp import make
+
+        make(self.method, seed=self.seed, **self.options)  # unknown method / bad options
 
 
 # ---------------------------------------------------------------------- data
@@ -125,11 +129,14 @@ def run_worker(cfg: RunConfig) -> dict | None:
     from privquant.models.data import to_float
     from privquant.models.train import _augment, evaluate_float
     from privquant.train.gradcomp import hook, make
+    from privquant.train.gradcomp.base import layout_pass
     from privquant.train.gradcomp.comm import tcp_bytes_sent
 
     cfg.validate()
     torch.set_num_threads(cfg.threads)
-    dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.timeout))
+    owner = not dist.is_initialized()
+    if owner:
+        dist.init_process_group("gloo", timeout=timedelta(seconds=cfg.timeout))
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         x, y, tx, ty = load_data(cfg)
@@ -175,6 +182,8 @@ def run_worker(cfg: RunConfig) -> dict | None:
             aug_state = ck["aug_rng"]
         comp.setup(None)
         ddp.register_comm_hook(comp, hook)
+        if cfg.resume:  # DDP's bucket layout as when the checkpoint was saved
+            layout_pass(ddp, comp, to_float(x[:2]))
 
         perm_gen = torch.Generator().manual_seed(cfg.seed)
         aug_gen = torch.Generator().manual_seed(cfg.seed * 7919 + 1 + rank)
@@ -214,11 +223,15 @@ def run_worker(cfg: RunConfig) -> dict | None:
                 sched.step()
                 b1, t1 = tcp_bytes_sent(), time.perf_counter()
                 rec = comp.comm.ledger.close_step()
+                # excluded from the declared == measured comparison: the uncompressed warm-up
+                # steps, and the first step of a resumed process -- in both DDP rebuilds its
+                # buckets, which broadcasts the new bucket indices (traffic of no hook)
                 rec.update(
                     step=step,
                     measured=b1 - b0,
                     seconds=t1 - t0,
-                    warmup=comp.iteration <= comp.start_iter,
+                    warmup=comp.iteration <= comp.start_iter
+                    or (bool(cfg.resume) and step == start_step),
                 )
                 steps.append(rec)
                 loss_sum += float(loss)
@@ -242,12 +255,6 @@ def run_worker(cfg: RunConfig) -> dict | None:
         train_seconds = time.perf_counter() - t_start
         if bar is not None:
             bar.close()
-        params_hash = state_hash(model, params_only=True)
-        for buf in model.buffers():  # BatchNorm statistics: the mean over ranks
-            if buf.is_floating_point():
-                dist.all_reduce(buf)
-                buf.div_(world)
-        full_hash = state_hash(model)
         if cfg.checkpoint:
             Path(cfg.checkpoint).mkdir(parents=True, exist_ok=True)
             torch.save(
@@ -257,12 +264,20 @@ def run_worker(cfg: RunConfig) -> dict | None:
                     "sched": sched.state_dict(),
                     "comp": comp.state_dict(),
                     "step": step,
+                    "aug_rng": aug_gen.get_state(),
                 },
                 Path(cfg.checkpoint) / f"rank{rank}.pt",
             )
+        params_hash = state_hash(model, params_only=True)
+        for buf in model.buffers():  # BatchNorm statistics: the mean over ranks
+            if buf.is_floating_point():
+                dist.all_reduce(buf)
+                buf.div_(world)
+        full_hash = state_hash(model)
         gathered: list = [None] * world
         dist.all_gather_object(
-            gathered, {"params": params_hash, "state": full_hash, "steps": steps}
+            gathered,
+            {"params": params_hash, "state": full_hash, "resets": comp.resets, "steps": steps},
         )
         if rank != 0:
             dist.barrier()
@@ -282,7 +297,8 @@ def run_worker(cfg: RunConfig) -> dict | None:
         dist.barrier()
         return result
     finally:
-        dist.destroy_process_group()
+        if owner:
+            dist.destroy_process_group()
 
 
 def summarize(cfg, world, gathered, curve, seconds, per_epoch) -> dict:
@@ -332,6 +348,7 @@ def summarize(cfg, world, gathered, curve, seconds, per_epoch) -> dict:
             "per_rank": ranks,
         },
         "replicas_identical": len({g["state"] for g in gathered}) == 1,
+        "bucket_state_resets": max(g["resets"] for g in gathered),
         "params_identical": len({g["params"] for g in gathered}) == 1,
         "state_hash": gathered[0]["state"],
         "seconds": seconds,
@@ -344,16 +361,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
-        cfg = RunConfig.from_json(Path(argv[0]).read_text())
-        run_worker(cfg)
+        doc = json.loads(Path(argv[0]).read_text())
+        cfgs = [RunConfig(**d) for d in (doc if isinstance(doc, list) else [doc])]
+        if len(cfgs) > 1:  # several trainings in one process group (tests, sweeps)
+            dist.init_process_group("gloo", timeout=timedelta(seconds=cfgs[0].timeout))
+        try:
+            for cfg in cfgs:
+                run_worker(cfg)
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
     except PrivQuantError as e:
         print(f"privquant: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as e:  # a dead peer surfaces as a gloo RuntimeError in any collective
-        line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"privquant: error: {type(e).__name__}: {line[:300]}", file=sys.stderr)
+        text = str(e).strip()
+        line = text.splitlines()[0] if text else type(e).__name__
+        if "PeerError: " in line:  # raised in a hook's decoding callback, wrapped by torch
+            line = line.split("PeerError: ", 1)[1]
+        else:
+            line = f"{type(e).__name__}: {line}"
+        print(f"privquant: error: {line[:300]}", file=sys.stderr)
         return 2
     return 0
 

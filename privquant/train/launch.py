@@ -58,7 +58,7 @@ def _error_line(stderr: str, rank: int, code: int) -> str:
 
 
 def launch_local(
-    cfg: RunConfig,
+    cfg: RunConfig | list[RunConfig],
     workers: int,
     *,
     master_addr: str = "127.0.0.1",
@@ -66,16 +66,22 @@ def launch_local(
     deadline_s: float | None = None,
     threads: int = 1,
 ) -> dict:
-    """Run ``workers`` ranks as child processes; returns rank 0's result dict."""
+    """Run ``workers`` ranks as child processes; returns rank 0's result dict (a list of them
+    for a list of configs, trained one after the other by the same processes)."""
     if workers < 1:
         raise PrivQuantError("--workers must be >= 1")
-    cfg.validate()
+    cfgs = cfg if isinstance(cfg, list) else [cfg]
+    for c in cfgs:
+        c.validate()
     with tempfile.TemporaryDirectory(prefix="privquant-train-") as tmp:
         conf = Path(tmp) / "config.json"
-        res = Path(tmp) / "result.json"
-        cfg_run = RunConfig.from_json(cfg.to_json())
-        cfg_run.result = str(res)
-        conf.write_text(cfg_run.to_json())
+        results = [Path(tmp) / f"result{i}.json" for i in range(len(cfgs))]
+        runs = []
+        for c, res in zip(cfgs, results, strict=True):
+            cfg_run = RunConfig.from_json(c.to_json())
+            cfg_run.result = str(res)
+            runs.append(json.loads(cfg_run.to_json()))
+        conf.write_text(json.dumps(runs if isinstance(cfg, list) else runs[0]))
         port = free_port()
         procs, logs = [], []
         for rank in range(workers):
@@ -90,7 +96,7 @@ def launch_local(
                 "PYTHONUNBUFFERED": "1",
             }
             prefix = prefixes[rank] if prefixes else []
-            show = cfg.progress and rank == 0
+            show = cfgs[0].progress and rank == 0
             log = None if show else open(Path(tmp) / f"rank{rank}.err", "w+")  # noqa: SIM115
             logs.append(log)
             procs.append(
@@ -103,16 +109,19 @@ def launch_local(
                     text=True,
                 )
             )
-        limit = deadline_s if deadline_s is not None else cfg.timeout * 4 + STARTUP_SLACK
+        limit = deadline_s
+        if limit is None:
+            limit = sum(c.timeout * 4 for c in cfgs) + STARTUP_SLACK
         try:
             _wait(procs, logs, time.monotonic() + limit)
         finally:
             for log in logs:
                 if log is not None:
                     log.close()
-        if not res.is_file():
+        if not all(r.is_file() for r in results):
             raise PeerError("training finished without a result from rank 0")
-        return json.loads(res.read_text())
+        out = [json.loads(r.read_text()) for r in results]
+        return out if isinstance(cfg, list) else out[0]
 
 
 def _read_err(log) -> str:

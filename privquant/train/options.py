@@ -59,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def wants_distributed(args) -> bool:
     from privquant.train.launch import torchrun_env
 
+    if args.workers is not None and args.workers < 1:
+        raise PrivQuantError("--workers must be >= 1")
     return (
         bool(args.workers and args.workers > 1)
         or args.grad_compression is not None

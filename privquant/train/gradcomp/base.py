@@ -54,6 +54,7 @@ class GradCompressor:
         self._segments: dict[int, Segments] = {}
         self.last_info: dict[int, dict] = {}
         self.resets = 0  # per-bucket states dropped because their bucket changed
+        self.dry = False  # True: no communication, no state change (see layout_pass)
 
     # ------------------------------------------------------------------ set-up / options
     def options(self) -> dict[str, Any]:
@@ -109,6 +110,10 @@ class GradCompressor:
         if self.comm is None:
             raise PrivQuantError("call setup() on the compressor before training")
         buf = bucket.buffer()
+        if self.dry:
+            fut = torch.futures.Future()
+            fut.set_result(buf)
+            return fut
         if buf.dtype != torch.float32 or buf.device.type != "cpu":
             raise PrivQuantError("gradient compression needs float32 CPU gradients")
         ledger = self.comm.ledger
@@ -184,6 +189,25 @@ class GradCompressor:
     def __setstate__(self, sd: dict[str, Any]) -> None:
         self.__init__(**sd["options"], seed=sd["seed"], start_iter=sd["start_iter"])
         self.load_state_dict(sd)
+
+
+def layout_pass(ddp, comp: GradCompressor, inputs) -> None:
+    """One forward/backward in eval mode through a silent hook (no collectives, no state, no
+    optimizer step), so that DDP rebuilds its buckets before the first real step. A resumed
+    run calls it: the saved per-bucket state then meets the same bucket layout it was saved
+    with (DDP's first iteration uses parameter order, later ones gradient-ready order)."""
+    module = ddp.module
+    was_training = module.training
+    module.eval()
+    comp.dry = True
+    try:
+        out = ddp(inputs)
+        out.float().sum().backward()
+    finally:
+        comp.dry = False
+        module.train(was_training)
+        for p in module.parameters():
+            p.grad = None
 
 
 def hook(state: GradCompressor, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:

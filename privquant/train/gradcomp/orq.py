@@ -35,31 +35,39 @@ from privquant.train.gradcomp.comm import Traffic, allgather_traffic
 def optimal_levels(
     x: torch.Tensor, seg: B.Segments, s: int, sample: int, sweeps: int, gen: torch.Generator
 ) -> torch.Tensor:
-    """(L, s+1) levels per layer satisfying the variance-optimality condition on a sample."""
+    """(L, s+1) levels per layer satisfying the variance-optimality condition on a sample of
+    ``sample`` values per layer (with replacement); ends are the layer's exact min and max."""
     lo, hi = seg.amin(x), seg.amax(x)
     starts = torch.cumsum(torch.tensor([0, *seg.sizes[:-1]]), 0)
     n = seg.n.to(torch.int64)
     pick = (torch.rand(seg.count, sample, generator=gen) * n[:, None]).to(torch.int64)
-    y = torch.sort(x[starts[:, None] + pick.clamp(max=(n - 1)[:, None])], dim=1).values.double()
-    p = torch.cat([y.new_zeros(seg.count, 1), torch.cumsum(y, 1)], 1)
-    frac = torch.linspace(0, 1, s + 1, dtype=torch.float64)[None, :]
-    b = lo.double()[:, None] + (hi - lo).double()[:, None] * frac
-    rows = torch.arange(seg.count)[:, None]
+    y = torch.sort(x[starts[:, None] + pick.clamp(max=(n - 1)[:, None])], dim=1).values
+    return levels_from_sorted(y.double(), lo.double(), hi.double(), s, sweeps).float()
+
+
+def levels_from_sorted(
+    y: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, s: int, sweeps: int
+) -> torch.Tensor:
+    """Gauss-Seidel sweeps of the closed-form level update on sorted rows ``y`` (L, m)."""
+    rows_n, m = y.shape
+    p = torch.cat([y.new_zeros(rows_n, 1), torch.cumsum(y, 1)], 1)
+    frac = torch.linspace(0, 1, s + 1, dtype=y.dtype)[None, :]
+    b = lo[:, None] + (hi - lo)[:, None] * frac
+    rows = torch.arange(rows_n)[:, None]
     for _ in range(sweeps):
         for i in range(1, s):
             left, right = b[:, i - 1 : i].contiguous(), b[:, i + 1 : i + 2].contiguous()
             a = torch.searchsorted(y, left)
             c = torch.searchsorted(y, right)
-            cnt = (c - a).double()
+            cnt = (c - a).to(y.dtype)
             mass = p[rows, c] - p[rows, a]
             width = (right - left).clamp_min(1e-300)
             q = ((right * cnt - mass) / width).clamp(min=0).clamp(max=cnt)
-            j = (a + torch.ceil(q).to(torch.int64)).clamp(max=(c - 1).clamp_min(0))
-            j = j.clamp(max=sample - 1)
+            j = (a + torch.ceil(q).to(torch.int64)).clamp(max=(c - 1).clamp_min(0)).clamp(max=m - 1)
             cand = y[rows, j].clamp(min=left, max=right)
             b[:, i : i + 1] = torch.where(cnt > 0, cand, (left + right) / 2)
-    b[:, 0], b[:, s] = lo.double(), hi.double()
-    return b.float()
+    b[:, 0], b[:, s] = lo, hi
+    return b
 
 
 class ORQ(GradCompressor):
