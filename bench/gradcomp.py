@@ -42,6 +42,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {"levels": 7, "bucket": 512, "norm": "max", "summable": True, "private": True},
     ),
     "dgc": ("dgc", {"density": 0.001}),
+    "dgc-1pct": ("dgc", {"density": 0.01}),
     "bingrad": ("bingrad", {}),
     "orq": ("orq", {"levels": 4}),
     "co3": ("co3", {}),

@@ -173,7 +173,11 @@ def run_worker(cfg: RunConfig) -> dict | None:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _cosine(total))
         start_step, aug_state = 0, None
         if cfg.resume:
-            ck = torch.load(Path(cfg.resume) / f"rank{rank}.pt", weights_only=False)
+            path = Path(cfg.resume) / f"rank{rank}.pt"
+            try:
+                ck = torch.load(path, weights_only=False)  # this job's own checkpoint
+            except (OSError, RuntimeError, EOFError) as e:
+                raise PrivQuantError(f"cannot read checkpoint {path}: {e}") from None
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["opt"])
             sched.load_state_dict(ck["sched"])
@@ -240,6 +244,16 @@ def run_worker(cfg: RunConfig) -> dict | None:
                     bar.update(1)
                     if step % 10 == 0:
                         bar.set_postfix(loss=f"{float(loss):.3f}", kb=f"{rec['wire'] / 1e3:.1f}")
+            if bar is not None:  # the log: this rank's bytes per step over the epoch
+                ep = [r for r in steps if not r["warmup"]][-per_epoch:]
+                if ep:
+                    k = len(ep)
+                    bar.write(
+                        f"epoch {epoch + 1}: {sum(r['wire'] for r in ep) / k:,.0f} B/step/rank "
+                        f"declared, {sum(r['measured'] for r in ep) / k:,.0f} measured, fp32 "
+                        f"allreduce {sum(r['fp32_wire'] for r in ep) / k:,.0f}",
+                        file=sys.stderr,
+                    )
             if cfg.eval_every_epoch and rank == 0 and not done:
                 acc = evaluate_float(model, tx, ty)
                 curve.append(
