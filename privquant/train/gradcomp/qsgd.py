@@ -86,6 +86,7 @@ class QSGD(GradCompressor):
         self.last_info[index] = {}
         if self.summable:
             norms = self.comm.allreduce_now(norms.contiguous(), torch.distributed.ReduceOp.MAX)
+            check_payload(bool(torch.isfinite(norms).all()), "non-finite shared QSGD norm")
             codes = self.quantize(v, norms).reshape(-1)[:n]
             fut, total = self.sum_codes(index, codes, ring_bits_for(world * s))
 

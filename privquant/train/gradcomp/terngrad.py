@@ -67,6 +67,7 @@ class TernGrad(GradCompressor):
         n, nl, world = buf.numel(), seg.count, self.world
         if self.summable:
             scale = self.comm.allreduce_now(scale.clone(), torch.distributed.ReduceOp.MAX)
+            check_payload(bool(torch.isfinite(scale).all()), "non-finite shared TernGrad scaler")
             codes = self.codes(g, scale, seg)
             fut, total = self.sum_codes(index, codes, ring_bits_for(world))
             self.last_info[index] = {}
