@@ -331,6 +331,8 @@ def summarize(cfg, world, gathered, curve, seconds, per_epoch) -> dict:
                 "measured_per_step": sum(s["measured"] for s in st) / n,
                 "fp32_wire_per_step": sum(s["fp32_wire"] for s in st) / n,
                 "fp32_payload_per_step": sum(s["fp32_payload"] for s in st) / n,
+                "last_wire": st[-1]["wire"] if st else None,  # after DGC's warm-up, e.g.
+                "last_fp32_wire": st[-1]["fp32_wire"] if st else None,
                 "mismatched_steps": bad[:20],
                 "measured_equals_declared": not bad,
             }
@@ -359,6 +361,9 @@ def summarize(cfg, world, gathered, curve, seconds, per_epoch) -> dict:
             "ratio_wire": mean("fp32_wire_per_step") / max(mean("wire_per_step"), 1e-9),
             "ratio_payload": mean("fp32_payload_per_step") / max(mean("payload_per_step"), 1e-9),
             "measured_equals_declared": all(r["measured_equals_declared"] for r in ranks),
+            "ratio_wire_last_step": (
+                mean("last_fp32_wire") / max(mean("last_wire"), 1e-9) if st0 else None
+            ),
             "per_rank": ranks,
         },
         "replicas_identical": len({g["state"] for g in gathered}) == 1,
