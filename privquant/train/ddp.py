@@ -56,7 +56,7 @@ class RunConfig:
     augment: bool = True
     method: str = "none"
     options: dict = field(default_factory=dict)
-    bucket_cap_mb: float = 25.0
+    bucket_cap_mb: float = 4.0  # <= 4 MiB: the range where the traffic model is exact
     max_steps: int | None = None  # the schedule's length (timing runs)
     stop_at: int | None = None  # stop early without changing the schedule (checkpoint tests)
     data: str = "fashion-mnist"

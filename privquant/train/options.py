@@ -46,7 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="METHOD",
         help=f"one of {', '.join(METHOD_NAMES)} (default none = fp32 allreduce)",
     )
-    g.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP bucket size")
+    g.add_argument(
+        "--bucket-cap-mb", type=float, default=4.0, help="DDP bucket size (MiB; default 4)"
+    )
     for dest, (_, methods, typ, text) in FLAGS.items():
         flag = "--" + dest.removeprefix("gc_").replace("_", "-")
         helptext = f"{text} [{', '.join(methods)}]"

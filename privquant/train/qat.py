@@ -61,7 +61,7 @@ def quantize_distributed(
     batch_size: int = 128,
     seed: int = 0,
     progress: bool = True,
-    bucket_cap_mb: float = 25.0,
+    bucket_cap_mb: float = 4.0,
 ):
     """Like :func:`privquant.quantize` with ``qat_epochs > 0``, the QAT on ``workers`` ranks."""
     from privquant.quant.calibrate import calibrate
