@@ -187,7 +187,7 @@ def report(args) -> str:
         lines += [
             f"## W = {world}",
             "",
-            "| variant | bytes/step | payload/step | ratio | ratio, last step | meas==decl | "
+            "| variant | bytes/step | payload/step | ratio | ratio, last step (x) | meas==decl | "
             "replicas | top-1 | "
             "vs none | s/epoch loopback (60k) | "
             + " | ".join(f"s/epoch {n} (60k)" for n, _, _ in args.links)
@@ -214,7 +214,7 @@ def report(args) -> str:
             per_epoch = math.ceil(FULL_TRAIN / r["batch_size"])
             lines.append(
                 f"| {v} | {b['wire_per_step']:,.0f} | {b['payload_per_step']:,.0f} | "
-                f"{b['ratio_wire']:.1f}x | {fmt(b.get('ratio_wire_last_step'), '.1f')}x | "
+                f"{b['ratio_wire']:.1f}x | {fmt(b.get('ratio_wire_last_step'), '.1f')} | "
                 f"{'yes' if b['measured_equals_declared'] else 'NO'} | "
                 f"{'yes' if r['replicas_identical'] else 'NO'} | {fmt(acc)} | "
                 f"{fmt(delta, '+.2f')} | {r['median_step_seconds'] * per_epoch:.0f} | "
