@@ -289,3 +289,38 @@ def test_ring_encoding_roundtrip():
     assert ring_encode(codes, 8, mask).tolist() == [
         (c + m) % 256 for c, m in zip([129, 255, 0, 1, 127], mask.tolist())
     ]
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_declared_bytes_match_the_docstring_formulas(world):
+    """Each method's closed form, for resnet8's single bucket (N = 77754 in L = 29 layers),
+    written out as the module docstrings state it (payload bytes per rank per step)."""
+    from privquant.models import build_model
+
+    sizes = [p.numel() for p in build_model("resnet8").parameters()]
+    n, nl, w = sum(sizes), len(sizes), world
+    seg = B.Segments(sizes)
+
+    class _C:
+        pass
+
+    def payload(method, info=None, **opts):
+        comp = make(method, **opts)
+        comp.comm = _C()
+        comp.comm.world, comp.comm.rank = w, 0
+        return comp.traffic(n, seg, info or {}).payload
+
+    ag = w - 1  # an all_gather of c bytes sends (W-1) c
+    ar = 2 * (w - 1) / w  # a ring all_reduce of B bytes: 2(W-1)/W B on average over the ranks
+    # (rank 0's share differs by a segment-rounding remainder when 2W does not divide N)
+    nc = -(-n // 512)
+    assert payload("none") == pytest.approx(ar * 4 * n, abs=64)
+    assert payload("fp16") == pytest.approx(ar * 2 * n, abs=64)
+    assert payload("terngrad") == ag * (4 * nl + -(-n // 4))
+    assert payload("terngrad", summable=True) == pytest.approx(ar * (4 * nl + n), abs=64)
+    assert payload("qsgd") == ag * (4 * nc + -(-n * 4 // 8))
+    assert payload("qsgd", summable=True) == pytest.approx(ar * (4 * nc + n), abs=64)
+    assert payload("dgc", {"k": 78}) == ag * 8 * 78
+    assert payload("bingrad") == ag * (8 * nl + -(-n // 8))
+    assert payload("orq") == ag * (4 * nl * 4 + -(-n * 2 // 8))
+    assert payload("co3", {"lengths": [900, 1000]}) == ag * (8 + 1000)
