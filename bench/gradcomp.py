@@ -1,7 +1,8 @@
 """Gradient compression benchmark: resnet8 on Fashion-MNIST, every method, W = 2 and 4, on
 loopback and on an emulated slow link. Writes bench/gradcomp.md and bench/gradcomp.png.
 
-Runs (one JSON each under ``--runs``, skipped when present: the benchmark resumes):
+Runs (one JSON each under ``--runs``, skipped when present without an error: the benchmark
+resumes):
 
 * ``acc-W{W}-{variant}``: training on loopback, same seed, epochs and data for every variant;
   test top-1 after each epoch, bytes per step per rank (declared == measured is checked on
@@ -140,8 +141,8 @@ def run_all(args) -> None:
                 jobs.append((link[0], world, v, link))
     for kind, world, v, link in jobs:
         path = runs / f"{kind}-W{world}-{v}.json"
-        if path.is_file():
-            continue
+        if path.is_file() and "error" not in json.loads(path.read_text()):
+            continue  # done (a failed run is tried again)
         print(f"[{time.strftime('%H:%M:%S')}] {kind} W={world} {v}", file=sys.stderr, flush=True)
         try:
             res = (run_acc if kind == "acc" else run_slow)(args, v, world, link)

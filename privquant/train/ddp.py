@@ -238,7 +238,7 @@ def run_worker(cfg: RunConfig) -> dict | None:
                     or (bool(cfg.resume) and step == start_step),
                 )
                 steps.append(rec)
-                loss_sum += float(loss)
+                loss_sum += float(loss.detach())
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -312,7 +312,30 @@ def run_worker(cfg: RunConfig) -> dict | None:
         return result
     finally:
         if owner:
-            dist.destroy_process_group()
+            shutdown()
+
+
+def shutdown(timeout: float = 30.0) -> None:
+    """Destroy the process group so that rank 0, which hosts the rendezvous store, leaves last:
+    every other rank checks in at the store after its own teardown and rank 0 waits for them
+    (a store vanishing under a rank still tearing down can abort it on a slow link)."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+    except (RuntimeError, ValueError):
+        store = None
+    rank, world = dist.get_rank(), dist.get_world_size()
+    dist.destroy_process_group()
+    if store is None or world == 1:
+        return
+    try:
+        if rank != 0:
+            store.add("privquant/left", 1)
+            return
+        deadline = time.monotonic() + timeout
+        while store.add("privquant/left", 0) < world - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except (RuntimeError, OSError):  # a peer already gone: nothing left to protect
+        pass
 
 
 def summarize(cfg, world, gathered, curve, seconds, per_epoch) -> dict:
@@ -389,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_worker(cfg)
         finally:
             if dist.is_initialized():
-                dist.destroy_process_group()
+                shutdown()
     except PrivQuantError as e:
         print(f"privquant: error: {e}", file=sys.stderr)
         return 2
