@@ -12,6 +12,11 @@ within the paper's three steps. Per bucket and step, with residual ``e`` and dec
    entropy coding that the sign/exponent skew of gradients pays for).
 3. **Correct**: ``e <- beta * (x - Q(x))`` (``beta = 1``: plain error feedback).
 
+Defaults ``exp = 3, man = 0`` (a sign and a power of two over 7 binades below the maximum):
+measured on resnet8 gradients, zlib stores these 4-bit codes in 2.9-3.3 bits per element
+(10-11x less than fp32, relative error 0.21 before error feedback); ``man = 1`` takes 3.7-4.1
+bits (relative error 0.11); ``exp = 2`` zeroes ~95% of the entries (0.3 bits, ~100x).
+
 Payloads are variable-size: two collectives per bucket, both issued from the hook body -- a
 blocking all_gather of the 8-byte length, then an all_gather of ``[E int32 | zlib stream]``
 padded to the longest length ``ell_max``. Declared bytes per bucket and step:
