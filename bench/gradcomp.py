@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -404,6 +405,8 @@ def main(argv=None) -> int:
     if bad:
         p.error(f"unknown variants {bad}; choose from {', '.join(VARIANTS)}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # SIGTERM unwinds like an exception, so an emulated link's namespaces are removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not args.report_only:
         run_all(args)
     out = Path(args.out)
