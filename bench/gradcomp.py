@@ -264,13 +264,62 @@ def report(args) -> str:
             f"{math.ceil(FULL_TRAIN / s0['args']['batch_size'])} steps.",
             "",
         ]
+    lines += estimate_table(res, args)
     lines += [
-        "Times are wall-clock on a 2-core machine shared with other jobs (load average 4-7 "
+        "Times are wall-clock on a 2-core machine shared with other jobs (load average 4-16 "
         "during these runs): compare them within a column, not as absolute speeds.",
         "",
     ]
     lines += verdicts(res, args)
     return "\n".join(lines) + "\n"
+
+
+def hops(variant: str, world: int) -> int:
+    """Sequential one-way message hops per step of the variant's collectives on one bucket:
+    a gloo ring all_reduce makes 4(W-1) dependent sends, an all_gather 2(W-1)."""
+    method, opts = VARIANTS[variant]
+    if method in ("none", "fp16"):
+        return 4 * (world - 1)
+    if opts.get("summable"):
+        return 8 * (world - 1)  # the shared scales' all_reduce, then the codes'
+    if method == "co3":
+        return 4 * (world - 1)  # the lengths' all_gather, then the payloads'
+    return 2 * (world - 1)
+
+
+def estimate_table(res, args) -> list[str]:
+    """Load-independent view: communication time per epoch = steps x (bytes x 8 / bandwidth +
+    hops x RTT / 2), from the measured bytes per step (the model of baselines/latency.py)."""
+    if not args.links:
+        return []
+    out = [
+        "Estimated communication time per epoch of 60k images (s), from the measured bytes: "
+        f"{math.ceil(FULL_TRAIN / args.batch_size)} steps x (bytes x 8 / bandwidth + hops x "
+        "RTT / 2), hops = 4(W-1) per ring all_reduce, 2(W-1) per all_gather (no compute):",
+        "",
+        "| variant | "
+        + " | ".join(f"{n} W={w}" for n, _, _ in args.links for w in args.workers)
+        + " |",
+        "|---|" + "---:|" * (len(args.links) * len(args.workers)),
+    ]
+    steps = math.ceil(FULL_TRAIN / args.batch_size)
+    for v in args.variants:
+        cells = []
+        for _, bw, rtt in args.links:
+            for w in args.workers:
+                r = res.get(("acc", w, v))
+                if not r or "bytes" not in r:
+                    cells.append("-")
+                    continue
+                b = r["bytes"]
+                wire = (
+                    b.get("ratio_wire_last_step")
+                    and b["fp32_wire_per_step"] / b["ratio_wire_last_step"]
+                )
+                wire = wire or b["wire_per_step"]
+                cells.append(f"{steps * (wire * 8 / bw + hops(v, w) * rtt / 2):.1f}")
+        out.append(f"| {v} | " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def verdicts(res, args) -> list[str]:
