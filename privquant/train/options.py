@@ -19,7 +19,12 @@ FLAGS: dict[str, tuple[str, tuple[str, ...], type, str]] = {
     "gc_norm": ("norm", ("qsgd",), str, "qsgd: l2 or max"),
     "gc_density": ("density", ("dgc",), float, "dgc: fraction of entries sent"),
     "gc_momentum": ("momentum", ("dgc",), float, "dgc: momentum (the optimizer's is 0)"),
-    "gc_warmup": ("warmup", ("dgc",), int, "dgc: density warm-up steps (default: 1 epoch)"),
+    "gc_warmup": (
+        "warmup",
+        ("dgc",),
+        int,
+        "dgc: density warm-up steps (default min(1 epoch, 1/4 of all))",
+    ),
     "gc_sample": ("sample", ("dgc", "orq"), None, "dgc: sampled fraction; orq: sample size"),
     "gc_iters": ("iters", ("bingrad",), int, "bingrad: fixed-point iterations"),
     "gc_no_ef": ("ef", ("bingrad",), bool, "bingrad: no error feedback"),
@@ -55,7 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if typ is bool:
             g.add_argument(flag, dest=dest, action="store_true", default=None, help=helptext)
         else:
-            g.add_argument(flag, dest=dest, type=typ or float, default=None, help=helptext)
+            meta = dest.removeprefix("gc_").upper()
+            g.add_argument(
+                flag, dest=dest, type=typ or float, default=None, metavar=meta, help=helptext
+            )
 
 
 def wants_distributed(args) -> bool:
