@@ -376,7 +376,8 @@ def plot(args, png: Path) -> None:
 
     res = load(Path(args.runs))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
-    for v in args.variants:
+    colors = plt.cm.tab20.colors
+    for i, v in enumerate(args.variants):
         r = res.get(("acc", 2, v))
         if not r or "error" in r or not r.get("curve"):
             continue
@@ -384,8 +385,9 @@ def plot(args, png: Path) -> None:
         xs = [c["step"] * per_step / 1e6 for c in r["curve"]]
         ts = [c["seconds"] for c in r["curve"]]
         ys = [c["test_top1"] for c in r["curve"]]
-        axes[0].plot(xs, ys, marker="o", label=v)
-        axes[1].plot(ts, ys, marker="o", label=v)
+        style = {"marker": "o", "label": v, "color": colors[(2 * i) % 20 + (2 * i) // 20]}
+        axes[0].plot(xs, ys, **style)
+        axes[1].plot(ts, ys, **style)
     axes[0].set_xscale("log")
     axes[0].set_xlabel("MB sent per rank (cumulative, wire)")
     axes[1].set_xlabel("wall time, loopback (s)")
