@@ -216,9 +216,8 @@ def report(args) -> str:
             "",
             "| variant | bytes/step | payload/step | ratio | ratio, last step (x) | meas==decl | "
             "replicas | top-1 | "
-            "vs none | s/epoch loopback (60k) | "
-            + " | ".join(f"s/epoch {n} (60k)" for n, _, _ in args.links)
-            + " |",
+            "vs none | s/epoch loopback (60k) |"
+            + "".join(f" s/epoch {n} (60k) |" for n, _, _ in args.links),
             "|---|---:|---:|---:|---:|:-:|:-:|---:|---:|---:|" + "---:|" * len(args.links),
         ]
         for v in args.variants:
@@ -244,9 +243,8 @@ def report(args) -> str:
                 f"{b['ratio_wire']:.1f}x | {fmt(b.get('ratio_wire_last_step'), '.1f')} | "
                 f"{'yes' if b['measured_equals_declared'] else 'NO'} | "
                 f"{'yes' if r['replicas_identical'] else 'NO'} | {fmt(acc)} | "
-                f"{fmt(delta, '+.2f')} | {r['median_step_seconds'] * per_epoch:.0f} | "
-                + " | ".join(cells)
-                + " |"
+                f"{fmt(delta, '+.2f')} | {r['median_step_seconds'] * per_epoch:.0f} |"
+                + "".join(f" {c} |" for c in cells)
             )
         lines.append("")
     a0 = next((r for k, r in res.items() if k[0] == "acc" and "args" in r), None)
