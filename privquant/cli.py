@@ -44,10 +44,17 @@ def cmd_train(args) -> None:
 
     from privquant import models
     from privquant.models.train import train
+    from privquant.train.options import wants_distributed
 
-    model = models.build_model(args.model)
     if tuple(models.input_shape(args.model)) != (1, 28, 28):
         raise PrivQuantError(f"{args.model} is CIFAR-shaped; only Fashion-MNIST models train here")
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise PrivQuantError(f"output directory does not exist: {out.parent}")
+    if wants_distributed(args):
+        _train_distributed(args, out)
+        return
+    model = models.build_model(args.model)
     res = train(
         model,
         epochs=args.epochs,
@@ -57,12 +64,54 @@ def cmd_train(args) -> None:
         seed=args.seed,
         progress=not args.json,
     )
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise PrivQuantError(f"output directory does not exist: {out.parent}")
     torch.save(model.state_dict(), out)
     res = {"model": args.model, "out": str(out), **res}
     _emit(args, res, f"trained {args.model}: test top-1 {res['test_top1']:.2f}% -> {out}")
+
+
+def _train_distributed(args, out: Path) -> None:
+    """``train --workers N --grad-compression METHOD``: N local processes, or this process as
+    one rank of a torchrun job (rank 0 reports)."""
+    from privquant.train.ddp import RunConfig, run_worker
+    from privquant.train.launch import launch_local, torchrun_env
+    from privquant.train.options import method_options
+
+    method, opts = method_options(args)
+    cfg = RunConfig(
+        model=args.model,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        seed=args.seed,
+        method=method,
+        options=opts,
+        bucket_cap_mb=args.bucket_cap_mb,
+        out=str(out),
+        progress=not args.json,
+    )
+    if torchrun_env():
+        if args.workers and args.workers != int(os.environ["WORLD_SIZE"]):
+            raise PrivQuantError(
+                f"--workers {args.workers} but the torchrun job has WORLD_SIZE "
+                f"{os.environ['WORLD_SIZE']}"
+            )
+        res = run_worker(cfg)
+        if res is None:  # not rank 0
+            return
+    else:
+        res = launch_local(cfg, args.workers or 1)
+    b = res["bytes"]
+    res = {"model": args.model, "out": str(out), **res}
+    _emit(
+        args,
+        res,
+        f"trained {args.model} on {res['world']} workers ({method}): test top-1 "
+        f"{res['test_top1']:.2f}% -> {out}\n"
+        f"bytes per step per rank: {b['wire_per_step']:,.0f} ({b['ratio_wire']:.1f}x less than "
+        f"fp32 allreduce's {b['fp32_wire_per_step']:,.0f}); measured == declared: "
+        f"{b['measured_equals_declared']}; replicas bit-identical: {res['replicas_identical']}",
+    )
 
 
 def cmd_quantize(args) -> None:
@@ -73,6 +122,12 @@ def cmd_quantize(args) -> None:
         raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
     bits = parse_bits(args.bits) if args.bits is not None else BitAssignment.load(args.assignment)
     model, shape, calib = _model_and_calib(args)
+    from privquant.train.options import wants_distributed
+
+    if wants_distributed(args):
+        art = _quantize_distributed(args, model, shape, calib, bits)
+        _report_quantized(args, art)
+        return
     train_x = train_y = None
     if args.qat_epochs > 0:
         train_x, train_y = _load_images("fashion-mnist", "train", args.qat_limit)
@@ -89,6 +144,40 @@ def cmd_quantize(args) -> None:
         freeze_scales=args.freeze_scales,
         progress=not args.json,
     )
+    _report_quantized(args, art)
+
+
+def _quantize_distributed(args, model, shape, calib, bits):
+    """QAT on ``--workers`` processes through ``--grad-compression``."""
+    from privquant.train.launch import torchrun_env
+    from privquant.train.options import method_options
+    from privquant.train.qat import quantize_distributed
+
+    if torchrun_env():
+        raise PrivQuantError("distributed QAT starts its own workers; run it without torchrun")
+    if tuple(shape) != (1, 28, 28):
+        raise PrivQuantError(f"{args.model} is CIFAR-shaped: no training data for QAT here")
+    method, opts = method_options(args)
+    return quantize_distributed(
+        model,
+        calib,
+        bits,
+        name=args.model,
+        input_shape=shape,
+        qat_epochs=args.qat_epochs,
+        qat_lr=args.qat_lr,
+        qat_limit=args.qat_limit,
+        freeze_scales=args.freeze_scales,
+        workers=args.workers or 1,
+        method=method,
+        options=opts,
+        seed=args.seed,
+        progress=not args.json,
+        bucket_cap_mb=args.bucket_cap_mb,
+    )
+
+
+def _report_quantized(args, art) -> None:
     digest = art.save(args.out)
     res = {
         "model": args.model,
@@ -658,6 +747,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _train_options(sp) -> None:
+    """--workers, --grad-compression and the methods' options (train, quantize --qat-epochs)."""
+    from privquant.train.options import add_arguments
+
+    add_arguments(sp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from privquant import __version__
 
@@ -675,6 +771,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True)
     t.add_argument("--json", action="store_true")
+    _train_options(t)
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quantize", help="quantize a model into a .pq artifact")
@@ -694,6 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True)
     q.add_argument("--json", action="store_true")
+    _train_options(q)
     q.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser(
