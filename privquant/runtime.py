@@ -159,7 +159,8 @@ class Session:
         self.seeds, self.simulated, self.dealer_book = seeds, simulated, dealer_book
         self.progress, self.output = progress, output
         self.rings = ring_bits(program)
-        self.protos = [ops.protocol(op.kind, backend, preprocessing) for op in program.ops]
+        k = ot_k if preprocessing == "ot" else None
+        self.protos = [ops.protocol(op.kind, backend, preprocessing, k) for op in program.ops]
         self._last = _last_use(program)
         self.corr = None
         self.states: list | None = None

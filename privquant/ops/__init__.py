@@ -41,12 +41,18 @@ def graph_kind(kind: str) -> GraphKind:
         raise PrivQuantError(f"unknown graph node kind {kind!r}") from None
 
 
-def protocol(kind: str, backend: str = "privquant", preprocessing: str = "dealer") -> Protocol:
-    """The protocol executing op kind ``kind`` under ``backend`` and ``preprocessing``."""
+def protocol(
+    kind: str,
+    backend: str = "privquant",
+    preprocessing: str = "dealer",
+    ot_k: int | None = None,
+) -> Protocol:
+    """The protocol executing op kind ``kind`` under ``backend`` and ``preprocessing`` (``ot_k``:
+    the SoftSpokenOT parameter of the dealer-free protocols; None = their default)."""
     if backend not in BACKENDS:
         raise PrivQuantError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
     check_mode(preprocessing)
-    return get(kind).protocol(backend, preprocessing)
+    return get(kind).protocol(backend, preprocessing, ot_k)
 
 
 def signature(op, program, rings: dict[str, int], batch: int):
@@ -61,9 +67,10 @@ def op_cost(
     batch: int,
     backend: str = "privquant",
     preprocessing: str = "dealer",
+    ot_k: int | None = None,
 ) -> Cost:
     """Closed-form cost of one op (no execution) under ``backend`` and ``preprocessing``."""
-    proto = protocol(op.kind, backend, preprocessing)
+    proto = protocol(op.kind, backend, preprocessing, ot_k)
     return proto.cost(signature(op, program, rings, batch), preprocessing)
 
 

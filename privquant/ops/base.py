@@ -100,11 +100,16 @@ class OpKind:
     #: (local ops, the input's common randomness, the output opening)
     ot_protocols: ClassVar[dict[str, Protocol]] = {}
 
-    def protocol(self, backend: str, preprocessing: str = "dealer") -> Protocol:
+    def protocol(self, backend: str, preprocessing: str = "dealer", ot_k: int | None = None):
         if preprocessing == "ot":
             table = self.ot_protocols
             if table:
-                return table.get(backend, table.get("privquant"))
+                proto = table.get(backend, table.get("privquant"))
+                if ot_k is not None:
+                    from privquant.protocols.ot import for_k
+
+                    proto = for_k(proto, ot_k)
+                return proto
             proto = self.protocols.get(backend, self.protocols.get("privquant"))
             if getattr(proto, "dealer_free", False):
                 return proto

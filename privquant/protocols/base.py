@@ -49,6 +49,14 @@ class Protocol:
     def cost(self, sig, preprocessing: str = "dealer") -> Cost:
         return self.online_cost(sig).then(need_cost(self.needs(sig), preprocessing))
 
+    def end_clocks(self, sig) -> tuple[int, int]:
+        """``(P0, P1)`` Lamport clocks at the end of the online phase from synchronized clocks
+        (the largest stamp each party received). Default: simultaneous exchanges only, so both
+        end at ``rounds``; a protocol with one-way messages overrides it. A layer scope holding
+        several ops measures, per party, the sum of these, and the max over parties."""
+        r = self.online_cost(sig).rounds
+        return r, r
+
     def setup(self, corr, sig, params=None) -> Any:
         return None
 

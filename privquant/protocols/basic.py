@@ -74,6 +74,9 @@ class OpenTo(Protocol):
     kind = "open_to"
     dealer_free = True
 
+    def end_clocks(self, sig: OpenToSig) -> tuple[int, int]:
+        return (0, 1) if sig.to == CLIENT else (1, 0)
+
     def online_cost(self, sig: OpenToSig) -> Cost:
         return Cost(online_bits=_numel(sig.shape) * sig.ell, rounds=1)
 

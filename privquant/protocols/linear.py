@@ -150,6 +150,9 @@ class Linear(Protocol):
             Need("linear", ny, sig.ell, setup=nw),
         ]
 
+    def end_clocks(self, sig: LinearSig) -> tuple[int, int]:
+        return 1, 0  # one message, client -> server
+
     def setup(self, corr, sig: LinearSig, params=None) -> LinearState:
         ell = ring.check_ell(sig.ell)
         party = corr.party
