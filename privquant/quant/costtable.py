@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from privquant import ops
-from privquant.costs import FIELDS, SEEDS_SCOPE, provider_setup_cost
+from privquant.costs import FIELDS, HE_KEYS_SCOPE, SEEDS_SCOPE, provider_setup_cost
 from privquant.costs import program_cost as program_cost
 from privquant.errors import PrivQuantError
 from privquant.program import Op, Program, TensorInfo, ring_atoms, signed_bits
@@ -408,9 +408,9 @@ class SymbolicLowering:
     def program(self, values: dict[str, int]) -> Program:
         """The weight-free program for ``values`` (what ``lower`` emits with these scales)."""
         ev = self.evaluator(values)
-        for n in self.graph.nodes:
-            ev.tensor_of(n.name)
-        return ev.program(self.template.model)
+        ops_ = [ev.op(op) for op in self.template.ops]
+        tensors = {name: ev.info(name) for name in self.template.tensors}
+        return Program(self.template.model, ops_, tensors, {})
 
 
 # ---------------------------------------------------------------------- the table
@@ -470,6 +470,8 @@ class CostTable:
     preprocessing: str = "dealer"
     bitvars: BitVars | None = None
     scales: ScaleBook | None = None
+    #: non-decomposable per-session scopes of an assignment (``ot``: the HE public keys)
+    session: object = None
     # extra per-value data (sensitivity of derived quantizers lives in search, not here)
 
     @property
@@ -491,7 +493,13 @@ class CostTable:
         return c
 
     def evaluate(self, values: dict[str, int]) -> tuple[Cost, dict[str, Cost]]:
-        """Exact ``(total, {scope: Cost})`` of one assignment of the variables."""
+        """Exact ``(total, {scope: Cost})`` of one assignment of the variables.
+
+        In ``ot`` mode two things are not sums of per-op terms and are handled here: the
+        session's HE public keys (one per distinct SEAL context of the layers that use HE: the
+        ``session`` term, computed from the lowered public program of ``values``), and rounds,
+        which the terms add per op -- an upper bound of the declared per-scope clock model
+        (``costs.declared``), by at most one round per layer whose ops overlap."""
         missing = [v for v in self.domains if v not in values]
         if missing:
             raise PrivQuantError(f"assignment misses variables {missing}")
@@ -503,6 +511,8 @@ class CostTable:
             c = self.term_cost(t, values)
             scopes[t.scope] = scopes[t.scope] + c if t.scope in scopes else c.copy()
         per = {k: as_cost(v) for k, v in scopes.items()}
+        if self.session is not None:
+            per.update(self.session(values))
         return Cost.sequence(per.values()), per
 
     def evaluate_bits(self, bits: BitAssignment) -> tuple[Cost, dict[str, Cost]]:
@@ -698,7 +708,21 @@ def build_cost_table(
         preprocessing=preprocessing,
         bitvars=bv,
         scales=scales,
+        session=_he_keys_session(sym, backend) if preprocessing == "ot" else None,
     )
+
+
+def _he_keys_session(sym: SymbolicLowering, backend: str):
+    """``values -> {HE_KEYS_SCOPE: Cost}`` (empty if no layer uses HE) for an ``ot`` table."""
+    from privquant.costs import he_keys_scope
+    from privquant.program import ring_bits
+
+    def session(values: dict[str, int]) -> dict[str, Cost]:
+        prog = sym.program(values)
+        c = he_keys_scope(prog, ring_bits(prog), backend, None)
+        return {HE_KEYS_SCOPE: c} if c is not None else {}
+
+    return session
 
 
 __all__ = [
