@@ -103,7 +103,12 @@ class RequantKind(OpKind):
         return t.clamp(int(op.attrs["lo"]), int(op.attrs["hi"]))
 
     def presum_bounds(self, op, program) -> tuple[int, int]:
-        return presum_bounds(op, [program.tensors[i] for i in op.inputs])
+        ins = [program.tensors[i] for i in op.inputs]
+        key = tuple((x.lo, x.hi) for x in ins)
+        memo = op.__dict__.setdefault("_presum_memo", {})  # the op's arrays do not change
+        if key not in memo:
+            memo[key] = presum_bounds(op, ins)
+        return memo[key]
 
     def ring_atoms(self, op, program, t):
         return [("own", op.output)]

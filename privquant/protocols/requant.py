@@ -290,10 +290,23 @@ def _unit_poly_spec(plan: RequantPlan) -> PolySpec:
 
 
 def plan_cost(plan: RequantPlan, preprocessing: str = "dealer") -> Cost:
-    """Closed-form cost of the fused requant for this plan (see the module docstring)."""
+    """Closed-form cost of the fused requant for this plan (see the module docstring): ``n``
+    times the per-element cost, memoized on the shape and the provider."""
     if plan.kind in ("const", "local"):
         return ZERO
-    online, needs = plan_parts(plan)
+    u = _unit_cost(_unit_plan(plan), preprocessing)
+    n = plan.n
+    return Cost(n * u.online_bits, n * u.offline_bits, n * u.setup_bits, u.rounds)
+
+
+def _unit_plan(plan: RequantPlan) -> RequantPlan:
+    group = replace(plan.group, n=1) if plan.group is not None else None
+    return replace(plan, n=1, t_ref=0, group=group)
+
+
+@functools.lru_cache(maxsize=16384)
+def _unit_cost(plan: RequantPlan, preprocessing: str) -> Cost:
+    online, needs = _unit_parts(plan)
     return online.then(need_cost(needs, preprocessing))
 
 
@@ -302,8 +315,7 @@ def plan_parts(plan: RequantPlan) -> tuple[Cost, list[Need]]:
     on the shape."""
     if plan.kind in ("const", "local"):
         return ZERO, []
-    group = replace(plan.group, n=1) if plan.group is not None else None
-    u, unit_needs = _unit_parts(replace(plan, n=1, t_ref=0, group=group))
+    u, unit_needs = _unit_parts(_unit_plan(plan))
     n = plan.n
     online = Cost(online_bits=n * u.online_bits, rounds=u.rounds)
     return online, [replace(x, n=n * x.n) for x in unit_needs]
@@ -453,6 +465,9 @@ class FusedRequant(Protocol):
     def needs(self, sig: RequantSig) -> list[Need]:
         return plan_parts(sig.plan)[1]
 
+    def cost(self, sig: RequantSig, preprocessing: str = "dealer") -> Cost:
+        return plan_cost(sig.plan, preprocessing)  # == online_cost + the needs' cost, memoized
+
     def offline(self, corr: Provider, sig: RequantSig, state=None) -> RequantPre | None:
         return _offline(corr, sig)
 
@@ -533,6 +548,9 @@ class RequantOp(Protocol):
 
     def needs(self, sig: RequantOpSig) -> list[Need]:
         return self.core.needs(sig.core)
+
+    def cost(self, sig: RequantOpSig, preprocessing: str = "dealer") -> Cost:
+        return self.core.cost(sig.core, preprocessing)
 
     def offline(self, corr, sig: RequantOpSig, state=None):
         return self.core.offline(corr, sig.core)

@@ -150,12 +150,19 @@ class ScaleBook:
     a: dict[tuple[str, int], torch.Tensor]
     template: Program
     bits: tuple[int, ...]
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def w_scale(self, layer: str, b: int) -> np.ndarray:
-        return (self.w[(layer, b)].abs() + 1e-12).double().numpy()  # == QModel.w_scale
+        key = ("w", layer, b)
+        if key not in self._memo:  # the same float ops as QModel.w_scale, once
+            self._memo[key] = (self.w[(layer, b)].abs() + 1e-12).double().numpy()
+        return self._memo[key]
 
     def a_scale(self, q: str, b: int) -> float:
-        return float(self.a[(q, b)].abs() + 1e-12)  # == float(QModel.a_scale)
+        key = ("a", q, b)
+        if key not in self._memo:  # == float(QModel.a_scale), once
+            self._memo[key] = float(self.a[(q, b)].abs() + 1e-12)
+        return self._memo[key]
 
 
 def frozen_scales(graph: QGraph, calib: torch.Tensor, bits: Iterable[int]) -> ScaleBook:
