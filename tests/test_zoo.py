@@ -173,3 +173,30 @@ def test_real_processes_mobile_silu(quantized):
     res = privquant.infer(q, x, timeout=120)
     assert res["identical"]
     assert res["report"].all_match
+
+
+@pytest.mark.parametrize("name", ["gelu-mlp", "cat-mul", "norm"])
+def test_search_cost_table_is_exact(name):
+    """The search's cost table (the same lowering, symbolic) equals the lowered program's cost,
+    per scope, for random mixed assignments: lookup tables, products and concatenations
+    included."""
+    import random
+
+    from privquant.quant.costtable import (
+        build_cost_table,
+        frozen_qmodel,
+        frozen_scales,
+        program_cost,
+    )
+    from privquant.quant.graph import capture
+    from privquant.quant.lower import lower
+
+    g = capture(_model(name), name, (1, 28, 28))
+    scales = frozen_scales(g, load_calibration(32), (2, 4, 8))
+    table = build_cost_table(g, wbits=(2, 4, 8), abits=(2, 4, 8), scales=scales)
+    rng = random.Random(3)
+    for _ in range(3):
+        values = {v: rng.choice(d) for v, d in table.domains.items()}
+        prog = lower(frozen_qmodel(g, table.bitvars.assignment(values), scales))
+        total, scopes = program_cost(prog)
+        assert table.evaluate(values) == (total, scopes)

@@ -164,13 +164,12 @@ class AffineGraph(GraphKind):
         return a, b
 
     def forward(self, node, xs, params=None):
+        self.check_axis(node, tuple(xs[0].shape[1:]))
         a, b = self.vectors(node, xs[0].dim())
         return xs[0] * a + b
 
-    def lower(self, node, ctx):
-        x = ctx.tensor_of(node.inputs[0])
-        shape = ctx.info(x).shape
-        c = shape[0]
+    @staticmethod
+    def check_axis(node, shape) -> None:
         axis = node.attrs.get("axis")
         if axis is not None and axis != len(shape):
             raise PrivQuantError(
@@ -178,6 +177,12 @@ class AffineGraph(GraphKind):
                 f"(N, {', '.join(map(str, shape))}) tensor, not along the channels; give them "
                 "shape (C, 1, 1) or make them scalars"
             )
+
+    def lower(self, node, ctx):
+        x = ctx.tensor_of(node.inputs[0])
+        shape = ctx.info(x).shape
+        c = shape[0]
+        self.check_axis(node, shape)
         n = len(node.attrs["scale"])
         if n not in (1, c):
             raise PrivQuantError(f"affine {node.name!r}: {n} constants for {c} channels")

@@ -157,6 +157,23 @@ class QGraph:
 
 
 # ---------------------------------------------------------------------- capture
+#: README rows of what capture itself normalizes (the graph kinds add theirs)
+CAPTURE_RULES = (
+    ("`nn.BatchNorm2d` / `nn.BatchNorm1d` right after a conv / linear", "folded into its weights"),
+    (
+        "`nn.ReLU`, `nn.ReLU6`, `F.relu`, `F.relu6`, `x.relu()` after a conv, linear, add, "
+        "product or affine map",
+        "fused into its requantization (also across a max pool or reshape: `conv -> pool -> relu`)",
+    ),
+    ("`nn.Dropout`, `nn.Identity`", "dropped (inference)"),
+    (
+        "a final `softmax` / `log_softmax` (`nn.Softmax`, `F.softmax`, ...)",
+        "dropped with a note: the logits are output, argmax unchanged",
+    ),
+    ("`x.size(0)`, `x.shape[0]`", "the batch size, in view/reshape only"),
+)
+
+
 def _fold_bn(w: torch.Tensor, b: torch.Tensor, bn) -> tuple[torch.Tensor, torch.Tensor]:
     """Fold an eval-mode BatchNorm into the (float) weight and bias of the layer before it."""
     w = w.detach().double()
