@@ -333,8 +333,8 @@ class LutGraph(GraphKind):
             node.attrs["fn"],
             node.attrs.get("param"),
             codes.tolist(),
-            float(s_in),
-            float(s_out),
+            float(s_in.detach()),
+            float(s_out.detach()),
             qz.qmin,
             qz.qmax,
         )

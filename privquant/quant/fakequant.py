@@ -78,7 +78,7 @@ class ActQuantizer:
 def _clip(qz: ActQuantizer, s) -> tuple[int, int]:
     from privquant.quant.lower import requant_clip
 
-    return requant_clip(qz, float(s))
+    return requant_clip(qz, float(s.detach()) if isinstance(s, torch.Tensor) else float(s))
 
 
 def _key(name: str) -> str:

@@ -141,7 +141,13 @@ def hessian_sensitivity(
         labels = qm(x).argmax(1)
         qm.mode = "quant"
     acts: dict[str, torch.Tensor] = {}
-    logits = qm(x, on_quantizer=lambda n, y: acts.__setitem__(n, y))
+
+    def keep(n: str, y: torch.Tensor) -> None:
+        if not y.requires_grad:  # e.g. a public map of the input: no parameter before it
+            y.requires_grad_()
+        acts[n] = y
+
+    logits = qm(x, on_quantizer=keep)
     layers = graph.layer_names
     quants = list(qm.quantizers)
     targets = [qm.weights[_key(n)] for n in layers] + [acts[q] for q in quants]
