@@ -200,3 +200,29 @@ def test_search_cost_table_is_exact(name):
         prog = lower(frozen_qmodel(g, table.bitvars.assignment(values), scales))
         total, scopes = program_cost(prog)
         assert table.evaluate(values) == (total, scopes)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_sirnn_style_baseline_costs_every_zoo_op(quantized, name):
+    from privquant.baselines.sirnn import program_cost
+
+    _, q = quantized(name, "w4a4")
+    res = program_cost(q.program, acts={n.name: n.act for n in q.graph.nodes})
+    assert res.total["online_bits"] > 0
+    names = {op.name for op in q.program.ops}
+    assert names <= {layer.name for layer in res.layers}
+
+
+@pytest.mark.multiprocess
+@pytest.mark.timeout(300)
+def test_crypten_native_baseline_runs_lut_mul_cat(quantized, tmp_path):
+    """The CrypTen-native baseline evaluates the float graph (sigmoid, LeakyReLU, products,
+    concatenation) on MPCTensors, three processes: its argmax equals the float model's."""
+    from privquant.baselines.crypten_native import run_crypten_native
+
+    _, q = quantized("cat-mul", "w4a4")
+    path = tmp_path / "catmul.pq"
+    q.save(path)
+    res = run_crypten_native(path, _inputs()[:2], timeout=120)
+    assert res["result"].extra["argmax_agreement_vs_float"] == 1.0
+    assert res["result"].extra["max_abs_logit_error_vs_float"] < 0.05

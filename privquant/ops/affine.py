@@ -157,15 +157,15 @@ class AffineGraph(GraphKind):
         return a, b, node.attrs.get("axis")
 
     @staticmethod
-    def vectors(node, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def vectors(attrs: dict, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
         shape = (1, -1) + (1,) * (ndim - 2)
-        a = torch.tensor(node.attrs["scale"], dtype=torch.float32).reshape(shape)
-        b = torch.tensor(node.attrs["shift"], dtype=torch.float32).reshape(shape)
+        a = torch.tensor(attrs["scale"], dtype=torch.float32).reshape(shape)
+        b = torch.tensor(attrs["shift"], dtype=torch.float32).reshape(shape)
         return a, b
 
     def forward(self, node, xs, params=None):
         self.check_axis(node, tuple(xs[0].shape[1:]))
-        a, b = self.vectors(node, xs[0].dim())
+        a, b = self.vectors(node.attrs, xs[0].dim())
         return xs[0] * a + b
 
     @staticmethod
@@ -196,7 +196,7 @@ class AffineGraph(GraphKind):
         return ctx.requant(node.name, [x], qz, reals=[real], bias=b)
 
     def crypten(self, node, ins, ctx):
-        a, b = self.vectors(node, ins[0].dim())
+        a, b = self.vectors(node["attrs"], ins[0].dim())
         return ins[0] * a + b
 
 

@@ -369,7 +369,8 @@ class LutGraph(GraphKind):
         return ctx.emit(op, xin.shape, lo, hi, s_out, s_out)
 
     def crypten(self, node, ins, ctx):
-        return self.fn(node).crypten(ins[0], tuple(node["attrs"].get("param", ())))
+        a = node["attrs"]
+        return FUNCTIONS[a["fn"]].crypten(ins[0], tuple(a.get("param", ())))
 
 
 class LutKind(OpKind):
