@@ -83,7 +83,7 @@ def test_readme_supported_ops_table_is_the_op_table():
     text = README.read_text()
     m = re.search(r"<!-- supported-ops-begin -->\n(.*?)<!-- supported-ops-end -->", text, re.S)
     assert m, "README has no supported-ops section"
-    assert m.group(1) == ops.supported_ops_markdown()
+    assert m.group(1) == ops.supported_ops_markdown(), "run scripts/update_supported_ops.py"
     # and it names the input convention next to it
     assert "uint8" in text and "q / 255" in text
 
@@ -272,6 +272,8 @@ def test_global_average_pooling_spellings():
         lambda s, x: x.mean((2, 3)),
         lambda s, x: x.mean(dim=[-1, -2], keepdim=True).flatten(1),
         lambda s, x: F.avg_pool2d(x, 28).flatten(1),
+        lambda s, x: F.adaptive_avg_pool2d(x, 1).squeeze(-1).squeeze(-1),
+        lambda s, x: F.dropout(x.mean((2, 3)).contiguous(), 0.5, False),
     ):
         _float_equal(Wrap(Fn(fn), feats=4))
 
@@ -394,3 +396,24 @@ def test_lut_program_is_exact_on_every_code():
     assert np.all(np.diff(lut.arrays["table"][(1 << lut.attrs["bits"]) // 2 :]) >= 0)
     out = run_plain(prog, load_calibration(4))
     assert out.shape == (4, 10)
+
+
+def test_saturating_affine_bias_agrees_with_fake_quant():
+    """A public shift far beyond the output range saturates: the requant's offset is clipped
+    without changing any output, and the integer program equals fake-quant."""
+    m = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.ReLU())
+    m.append(Fn(lambda s, x: F.relu(x * 2.0 + s.shift)))
+    m.append(nn.Linear(8, 10))
+    for shift in (5e6, -5e6):
+        m[3].shift = shift
+        art = privquant.quantize(m, load_calibration(16), "w8a8", progress=False)
+        assert [n.kind for n in art.graph.nodes][3] == "affine"
+        x = load_calibration(20)[16:]
+        rec: dict = {}
+        with torch.no_grad():
+            art.qmodel("quant")(x.float() / 255, record=rec)
+        _, env = run_plain(art.program, x, keep=True)
+        name = art.graph.nodes[3].name
+        rq = next(op for op in art.program.ops if op.kind == "requant" and op.name == name)
+        assert torch.equal(env[rq.output], rec[rq.output])
+        assert int(np.abs(rq.arrays["offset"]).max()) < 2**50

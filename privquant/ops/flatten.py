@@ -83,12 +83,22 @@ class FlattenGraph(GraphKind):
     supported = (
         ("`nn.Flatten()`, `torch.flatten(x, 1)`, `x.flatten(1)`", "local"),
         (
-            "`x.view(x.size(0), -1)`, `x.reshape(x.shape[0], ...)`, `x.view(-1, K)`",
+            "`x.view(x.size(0), -1)`, `x.reshape(x.shape[0], ...)`, `x.view(-1, K)`, "
+            "`x.squeeze(-1)`",
             "local (batch axis kept)",
         ),
     )
 
     def capture(self, n, mods, src):
+        if n.op == "call_method" and n.target == "squeeze":
+            dims = list(n.args[1:]) or [n.kwargs.get("dim")]
+            if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+                dims = list(dims[0])
+            if not dims or any(not isinstance(d, int) or d == 0 for d in dims):
+                raise PrivQuantError(
+                    f"{n.name!r}: squeeze needs explicit non-batch dims (e.g. x.squeeze(-1))"
+                )
+            return QNode(n.name, "flatten", [src(n.args[0])], attrs={"squeeze": dims})
         dims = _flatten_dims(n, mods)
         if dims is not None:
             if dims[0] != 1 or dims[1] != -1:
@@ -115,8 +125,18 @@ class FlattenGraph(GraphKind):
             raise PrivQuantError(f"{n.name!r}: view(-1, ...) needs the per-sample sizes")
         return QNode(n.name, "flatten", [src(n.args[0])], attrs={"shape": list(rest)})
 
+    @staticmethod
+    def target(node, shape) -> list[int] | None:
+        """The node's per-sample target shape spec for an input of per-sample ``shape``."""
+        if "squeeze" not in node.attrs:
+            return node.attrs.get("shape")
+        drop = {d - 1 if d > 0 else len(shape) + d for d in node.attrs["squeeze"]}
+        if any(not 0 <= d < len(shape) for d in drop):
+            raise PrivQuantError(f"squeeze {node.name!r}: dims out of range for {shape}")
+        return [s for i, s in enumerate(shape) if not (i in drop and s == 1)]
+
     def forward(self, node, xs, params=None):
-        shape = node.attrs.get("shape")
+        shape = self.target(node, tuple(xs[0].shape[1:]))
         return xs[0].flatten(1) if shape is None else xs[0].reshape(xs[0].shape[0], *shape)
 
     def lower(self, node, ctx):
@@ -125,7 +145,7 @@ class FlattenGraph(GraphKind):
         x = ctx.tensor_of(node.inputs[0])
         xin = ctx.info(x)
         numel = int(np.prod(xin.shape))
-        target = resolve_shape(node.attrs.get("shape"), xin.shape, node.name)
+        target = resolve_shape(self.target(node, xin.shape), xin.shape, node.name)
         if target == tuple(xin.shape):
             return [x]  # a view to the same shape: nothing to do
         sc = ctx.real(x)
@@ -143,7 +163,12 @@ class FlattenGraph(GraphKind):
         return [op.output]
 
     def crypten(self, node, ins, ctx):
-        shape = node["attrs"].get("shape")
+        a = node["attrs"]
+        shape = a.get("shape")
+        if "squeeze" in a:
+            per = tuple(ins[0].size()[1:])
+            drop = {d - 1 if d > 0 else len(per) + d for d in a["squeeze"]}
+            shape = [s for i, s in enumerate(per) if not (i in drop and s == 1)]
         if shape is None:
             return ins[0].reshape(ins[0].size(0), -1)
         return ins[0].reshape(ins[0].size(0), *shape)

@@ -165,7 +165,11 @@ CAPTURE_RULES = (
         "product or affine map",
         "fused into its requantization (also across a max pool or reshape: `conv -> pool -> relu`)",
     ),
-    ("`nn.Dropout`, `nn.Identity`", "dropped (inference)"),
+    (
+        "`nn.Dropout*`, `F.dropout*`, `nn.Identity`, `x.contiguous()`, `x.clone()`, "
+        "`x.detach()`, `x.float()`",
+        "dropped (inference)",
+    ),
     (
         "a final `softmax` / `log_softmax` (`nn.Softmax`, `F.softmax`, ...)",
         "dropped with a note: the logits are output, argmax unchanged",
@@ -198,6 +202,24 @@ def _act_of(n: fx.Node, mods) -> str | None:
     if n.op == "call_method" and n.target == "relu":
         return "relu"
     return None
+
+
+_DROPOUT_FNS = (
+    torch.nn.functional.dropout,
+    torch.nn.functional.dropout1d,
+    torch.nn.functional.dropout2d,
+    torch.nn.functional.alpha_dropout,
+)
+_IDENTITY_METHODS = ("contiguous", "clone", "detach", "float")
+
+
+def _is_identity(n: fx.Node, mods) -> bool:
+    """Dropout (inference), ``nn.Identity``, ``x.contiguous()`` and friends."""
+    if n.op == "call_module":
+        return isinstance(mods[n.target], (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Identity))
+    if n.op == "call_function":
+        return n.target in _DROPOUT_FNS
+    return n.op == "call_method" and n.target in _IDENTITY_METHODS and len(n.args) == 1
 
 
 _SOFTMAX_FNS = (
@@ -354,7 +376,7 @@ def capture(model: nn.Module, name: str, input_shape: tuple[int, ...]) -> QGraph
         ):
             syms[n.name] = n.args[1]
             continue
-        if n.op == "call_module" and isinstance(mods[n.target], (nn.Dropout, nn.Identity)):
+        if _is_identity(n, mods):
             bind(n, src(n.args[0]))
             continue
         if n.op == "call_module" and isinstance(mods[n.target], (nn.BatchNorm1d, nn.BatchNorm2d)):
