@@ -147,7 +147,8 @@ def test_lut_models_use_lookup_and_fusion(quantized):
     assert len(luts) == 4
     for op in luts:
         x = prog.tensors[op.inputs[0]]
-        assert op.attrs["bits"] == 4 and rings[op.inputs[0]] == x.bits  # the small ring
+        # w4a4: 6-bit tables (LUT_INPUT_EXTRA_BITS), read in the requant's small ring
+        assert op.attrs["bits"] == 6 and rings[op.inputs[0]] == x.bits
         producer = prog.producer(op.inputs[0])
         assert producer.kind == "requant"
 

@@ -25,6 +25,8 @@ What a graph kind declares:
   concatenation requantizes each input, a public affine map adds its bias);
 * :meth:`fake_quant`: the node's quantized value in fake-quant mode (default: the LSQ
   quantizer's output; a lookup table returns its table's value so both agree exactly);
+* :meth:`input_bits` / :meth:`dip`: a lookup activation asks for a finer input quantizer than
+  its output's bits and keeps a few negative codes for functions with a small negative dip;
 * :meth:`fold_affine` / :meth:`affine_map`: a layer absorbs a public per-channel affine map of
   its input into its weights (used to fold input normalization into the first layer when that
   is exact);
@@ -108,6 +110,17 @@ class GraphKind:
         ``in_scales``, None for unquantized ones) and ``yq``, the LSQ quantizer's output with step
         ``s_out``. Default: ``yq``."""
         return yq
+
+    def input_bits(self, bits: int) -> int:
+        """Bits this kind wants for an input quantizer that no layer reads, when the layers
+        downstream take ``bits``-bit activations (default: ``bits``)."""
+        return bits
+
+    def dip(self, node) -> bool:
+        """Is the (unsigned) output mostly non-negative with a small negative tail? Its quantizer
+        then keeps 1/16 of its codes below zero
+        (:class:`privquant.quant.fakequant.ActQuantizer`)."""
+        return False
 
     def fold_affine(self, node, scale, shift, axis) -> bool:
         """Absorb ``x -> x * scale[c] + shift[c]`` (per input channel: float64 arrays of one or

@@ -10,12 +10,15 @@ computed with Python's ``math`` on float64 (the scales rounded to float32 first,
 model holds them) by :func:`table_values`, and both the fake-quant model and the integer program
 read it, so they agree *exactly* (no 1-LSB rounding slack as for requantization).
 
-The input is the output of an activation quantizer (usually the requant right before it, at the
-bits of the next layer's activations) and needs no ring wider than its own bounds (no ring atom),
-so that requant emits it in its small ring. Outputs are unsigned for functions that are
-non-negative (Sigmoid, Hardsigmoid, Softplus, ReLU) and for GELU, SiLU, Hardswish and Mish, whose
-small negative dip (at least -0.17, -0.28, -0.375, -0.31) is clipped to 0 by the output quantizer
-(one more bit of resolution for the positive part); signed otherwise (Tanh, LeakyReLU, ELU).
+The input is the output of an activation quantizer (usually the requant right before it) and
+needs no ring wider than its own bounds (no ring atom), so that requant emits it in its small
+ring. When no layer reads that quantizer, it takes ``LUT_INPUT_EXTRA_BITS = 2`` more bits than
+the activations after the table (at most 8): the function is sampled on a 4x finer grid than its
+output (at w4a4 a 6-bit, 64-entry table; measured on a Fashion-MNIST SiLU net, a 4-bit table input
+loses several points that 6 bits recover). Outputs are unsigned for non-negative functions
+(Sigmoid, Hardsigmoid, Softplus, ReLU); GELU, SiLU, Hardswish and Mish keep 1/16 of their output
+codes below zero for their small negative dip (at least -0.17, -0.28, -0.375, -0.31; clipping the
+dip to 0 cost 3.6 points at w8a8 on that net); Tanh, LeakyReLU and ELU are signed.
 
 Two-party protocol: :class:`privquant.protocols.lut.Lut` (rotated one-hot vector from the dealer;
 cost ``2*n*bits`` online bits and ``n*2^bits*Lp`` offline bits, see there).
@@ -37,6 +40,11 @@ from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.lut import LUT, MAX_INDEX_BITS, LutSig
+
+#: the quantizer feeding a lookup activation (when no layer reads it) takes this many more bits
+#: than the activations after it, at most 8: the table then samples the function on a 4x finer
+#: input grid (at w4a4: 6-bit tables, 64 entries)
+LUT_INPUT_EXTRA_BITS = 2
 
 
 # ---------------------------------------------------------------------- the functions
@@ -66,6 +74,7 @@ class Fn:
     crypten: Callable
     spelled: str
     note: str = ""
+    dip: bool = False  # a small negative tail: the output quantizer keeps 1/16 of its codes < 0
 
 
 def _ct_gelu(x, p):
@@ -91,7 +100,8 @@ FUNCTIONS: dict[str, Fn] = {
             True,
             _ct_gelu,
             "`nn.GELU()`, `F.gelu`",
-            "dip (>= -0.17) clipped to 0",
+            "dip (>= -0.17) kept by 1/16 negative codes",
+            dip=True,
         ),
         Fn(
             "gelu_tanh",
@@ -104,7 +114,8 @@ FUNCTIONS: dict[str, Fn] = {
                 x * ((x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)).tanh().add(1.0) * 0.5
             ),
             "`nn.GELU('tanh')`, `F.gelu(x, approximate='tanh')`",
-            "dip clipped to 0",
+            "dip kept by 1/16 negative codes",
+            dip=True,
         ),
         Fn(
             "silu",
@@ -113,7 +124,8 @@ FUNCTIONS: dict[str, Fn] = {
             True,
             lambda x, p: x * x.sigmoid(),
             "`nn.SiLU()`, `F.silu`",
-            "dip (>= -0.28) clipped to 0",
+            "dip (>= -0.28) kept by 1/16 negative codes",
+            dip=True,
         ),
         Fn(
             "sigmoid",
@@ -130,7 +142,8 @@ FUNCTIONS: dict[str, Fn] = {
             True,
             lambda x, p: x * _ct_hardsigmoid(x),
             "`nn.Hardswish()`, `F.hardswish`",
-            "dip (>= -0.375) clipped to 0",
+            "dip (>= -0.375) kept by 1/16 negative codes",
+            dip=True,
         ),
         Fn(
             "hardsigmoid",
@@ -171,7 +184,8 @@ FUNCTIONS: dict[str, Fn] = {
             True,
             lambda x, p: x * _ct_softplus(x, (1.0,)).tanh(),
             "`nn.Mish()`, `F.mish`",
-            "dip (>= -0.31) clipped to 0",
+            "dip (>= -0.31) kept by 1/16 negative codes",
+            dip=True,
         ),
         Fn(
             "softplus",
@@ -309,6 +323,12 @@ class LutGraph(GraphKind):
             return None
         fn, param = hit
         return QNode(n.name, "lut", [src(n.args[0])], attrs={"fn": fn, "param": list(param)})
+
+    def input_bits(self, bits: int) -> int:
+        return min(MAX_INDEX_BITS, bits + LUT_INPUT_EXTRA_BITS)
+
+    def dip(self, node) -> bool:
+        return self.fn(node).dip
 
     @staticmethod
     def fn(node) -> Fn:

@@ -61,17 +61,26 @@ def weight_qmax(bits: int) -> int:
 
 @dataclass
 class ActQuantizer:
+    """An activation quantizer's integer range: ``signed`` ``[-2^(b-1), 2^(b-1) - 1]``, unsigned
+    ``[0, 2^b - 1]``, or ``dip`` (mostly non-negative with a small negative tail, e.g. GELU or
+    SiLU: 1/16 of the codes below zero, ``[-max(1, 2^b / 16), ...]``, still ``2^b`` codes)."""
+
     node: str
     bits: int
     signed: bool
     relu6: bool
+    dip: bool = False
 
     @property
     def qmin(self) -> int:
+        if self.dip and not self.signed:
+            return -max(1, (1 << self.bits) >> 4)
         return -(1 << (self.bits - 1)) if self.signed else 0
 
     @property
     def qmax(self) -> int:
+        if self.dip and not self.signed:
+            return (1 << self.bits) - 1 + self.qmin
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
 
 
@@ -129,8 +138,10 @@ class QModel(nn.Module):
                 b = a.pop()
             else:
                 down = g.downstream_layers(q)
-                b = max((bits.get(r).a for r in down), default=8)
-            out[q] = ActQuantizer(q, b, signed[q], g.node(q).act == "relu6")
+                b = g.derived_bits(q, max((bits.get(r).a for r in down), default=8))
+            node = g.node(q)
+            dip = not node.act and ops.graph_kind(node.kind).dip(node)
+            out[q] = ActQuantizer(q, b, signed[q], node.act == "relu6", dip)
         return out
 
     def layer(self, name: str) -> QNode:

@@ -60,6 +60,7 @@ class QGraph:
 
     def __post_init__(self):
         self._index = {n.name: n for n in self.nodes}
+        self._derived: dict[tuple[str, int], int] = {}
 
     @property
     def layers(self) -> list[QNode]:
@@ -141,6 +142,26 @@ class QGraph:
             elif u.name != self.output_node.name:
                 stack.extend(users[u.name])
         return sorted(set(found))
+
+    def derived_bits(self, q: str, bits: int) -> int:
+        """Bits of quantizer ``q`` that no layer reads, given its downstream layers' ``bits``: the
+        most any non-transparent consumer asks for its input (a lookup activation asks for more
+        than its output's bits, :meth:`~privquant.ops.graph.GraphKind.input_bits`)."""
+        if (q, bits) not in self._derived:
+            self._derived[(q, bits)] = self._derived_bits(q, bits)
+        return self._derived[(q, bits)]
+
+    def _derived_bits(self, q: str, bits: int) -> int:
+        users = self.users()
+        asks, stack = [], list(users[q])
+        while stack:
+            u = stack.pop()
+            kind = ops.graph_kind(u.kind)
+            if kind.transparent:
+                stack.extend(users[u.name])
+            else:
+                asks.append(kind.input_bits(bits))
+        return max(asks, default=bits)
 
     def tie_groups(self) -> list[list[str]]:
         """Groups of layers that read one quantizer and so must share activation bits."""
