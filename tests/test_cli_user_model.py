@@ -35,11 +35,9 @@ def not_a_model():
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """A NormNet state_dict with non-trivial BatchNorm statistics."""
-    from conftest import randomize_bn
-    from zoo import NormNet
+    from zoo import build
 
-    torch.manual_seed(5)
-    net = randomize_bn(NormNet(), 6)
+    net = build("norm", 5)
     path = tmp_path_factory.mktemp("w") / "norm.pt"
     torch.save(net.state_dict(), path)
     return path, net

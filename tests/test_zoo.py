@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from runtime_helpers import run_threads
-from zoo import ZOO
+from zoo import ZOO, build
 
 import privquant
 from privquant.models.calibration import load_calibration
@@ -34,18 +34,7 @@ EXACT_KINDS = ("lut", "flatten", "maxpool", "sumpool", "neg")
 
 
 def _model(name: str, seed: int = 0) -> torch.nn.Module:
-    from conftest import randomize_bn
-
-    torch.manual_seed(seed)
-    m = ZOO[name]()
-    with torch.no_grad():
-        for mod in m.modules():
-            if isinstance(mod, torch.nn.BatchNorm1d):
-                gen = torch.Generator().manual_seed(seed + 7)
-                c = mod.num_features
-                mod.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
-                mod.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-    return randomize_bn(m, seed + 1)
+    return build(name, seed)
 
 
 @pytest.fixture(scope="module")

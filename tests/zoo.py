@@ -217,6 +217,26 @@ class NormFoldNet(nn.Module):
         return F.softmax(self.fc(x), dim=-1)
 
 
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (1d and 2d), eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.25)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.2)
+    return model.eval()
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    """Zoo model ``name`` with seeded random weights and random BatchNorm statistics."""
+    torch.manual_seed(seed)
+    return randomized(ZOO[name](), seed + 1)
+
+
 ZOO = {
     "lenet-classic": LeNetClassic,
     "preact-resnet": PreActResNet,
