@@ -21,7 +21,8 @@ layers (accumulator ring L = 20, next layer's ring 16, pre-sum over the whole ri
 element, either the fused requantization with ReLU + clip to b bits (``relu``), or a
 requantization to a signed b-bit value in its small ring followed by a b-bit GELU table
 (``requant -> b-bit`` + ``gelu table`` = ``gelu total``); ``gelu table`` alone is the price of
-the lookup. Next to them, SiRNN-style (SCI) at the same width: truncation to b bits and one
+the lookup, and the ``unfused`` row the requantization into the wide ring instead. Next to
+them, SiRNN-style (SCI) at the same width: truncation to b bits and one
 1-out-of-2^b OT lookup with 16-bit messages (a lower bound for SiRNN's GELU).
 
 Usage: ``python bench/micro.py [--n 16384] [--out bench/micro.md] [--json]``.
@@ -229,6 +230,10 @@ def bench_lut(n: int, gen: torch.Generator) -> list[dict]:
         q = torch.clamp(t >> k, slo, shi)
         assert torch.equal(_open(*r["out"], ring_in), q)
         res["requant"] = r
+        wide = rq.RequantSig(n, L, k, slo, shi, -H, H - 1, NEXT_RING)  # not fused: a wide ring
+        r = run(_Requant(), wide, (a,), (b_,))
+        assert torch.equal(_open(*r["out"], NEXT_RING), q)
+        res["wide"] = r
         s_in = 4.0 / (1 << (b - 1))
         table = table_values("gelu", (), range(slo, shi + 1), s_in, 4.0 / hi, 0, hi)
         sig = LutSig(n, b, slo, tuple(table), 0, hi, NEXT_RING)
@@ -240,6 +245,7 @@ def bench_lut(n: int, gen: torch.Generator) -> list[dict]:
         for name, parts, sr in (
             ("relu (fused requant)", ["relu"], sir_relu),
             ("requant -> signed b-bit", ["requant"], None),
+            (f"(unfused: requant -> ring {NEXT_RING})", ["wide"], None),
             ("gelu table", ["lut"], None),
             ("gelu total", ["requant", "lut"], sir),
         ):
@@ -275,7 +281,10 @@ def lut_markdown(rows: list[dict]) -> list[str]:
         "to a signed b-bit value in its small ring, then a b-bit GELU table "
         "(`privquant.protocols.lut`, plan in the last column). SiRNN-style: SCI truncation to "
         "b bits + a 1-out-of-2^b OT lookup (16-bit messages), a lower bound for SiRNN's GELU; "
-        "for relu: truncate_and_reduce + ReLU.",
+        "for relu: truncate_and_reduce + ReLU. A network at activation bits a uses b = "
+        "min(8, a + 2) for its tables (w4a4: the b = 6 rows). The `unfused` row is the same "
+        f"requantization emitted into the {NEXT_RING}-bit ring, as it would be without the "
+        "table reading its small ring (what the fusion saves).",
         "",
         "| op | b | online B/elem | offline B/elem | total B/elem | rounds | elements/s "
         "| SiRNN-style B/elem | SiRNN-style rounds | lut plan |",
