@@ -16,6 +16,15 @@ Ops (n elements each):
                     (SiRNN-style: truncate_and_reduce(ell, ell/2) + ReLU(ell/2))
   maxpool2x2        2x2/stride 2 max pooling; per output element (SiRNN-style: 3 ReLU-max)
 
+Lookup-table activations (second table): for b = 2, 4, 6, 8 an activation between two linear
+layers (accumulator ring L = 20, next layer's ring 16, pre-sum over the whole ring) costs, per
+element, either the fused requantization with ReLU + clip to b bits (``relu``), or a
+requantization to a signed b-bit value in its small ring followed by a b-bit GELU table
+(``requant -> b-bit`` + ``gelu table`` = ``gelu total``); ``gelu table`` alone is the price of
+the lookup, and the ``unfused`` row the requantization into the wide ring instead. Next to
+them, SiRNN-style (SCI) at the same width: truncation to b bits and one
+1-out-of-2^b OT lookup with 16-bit messages (a lower bound for SiRNN's GELU).
+
 Usage: ``python bench/micro.py [--n 16384] [--out bench/micro.md] [--json]``.
 """
 
@@ -35,6 +44,7 @@ from privquant.protocols import requant as rq
 from privquant.protocols.basic import Open, OpenSig
 from privquant.protocols.compare import Compare, CompareSig
 from privquant.protocols.linear import Linear, LinearSig
+from privquant.protocols.lut import LUT, LutSig
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
 from privquant.protocols.preprocessing.dealer import Seeds, make_provider
 from privquant.protocols.primitives import ring
@@ -192,6 +202,107 @@ def bench_ell(ell: int, n: int, gen: torch.Generator) -> list[dict]:
     return rows
 
 
+LUT_BITS = (2, 4, 6, 8)
+ACC_RING, NEXT_RING = 20, 16
+
+
+def bench_lut(n: int, gen: torch.Generator) -> list[dict]:
+    """Per element: ReLU (fused requant) vs requant + GELU table, b = 2..8 (see the docstring)."""
+    from privquant.ops.lut import table_values
+
+    rows = []
+    L, H = ACC_RING, 1 << (ACC_RING - 1)
+    t = torch.randint(-H, H, (n,), generator=gen)
+    t[0], t[1] = -H, H - 1
+    a, b_ = _share(t, L)
+    for b in LUT_BITS:
+        k = L - b - 2  # the pre-sum spans about 4x the b-bit range: clipping matters
+        hi = (1 << b) - 1
+        res = {}
+        relu = rq.RequantSig(n, L, k, 0, hi, -H, H - 1, NEXT_RING)
+        r = run(_Requant(), relu, (a,), (b_,))
+        assert torch.equal(_open(*r["out"], NEXT_RING), torch.clamp(t >> k, 0, hi))
+        res["relu"] = r
+        slo, shi = -(1 << (b - 1)), (1 << (b - 1)) - 1
+        ring_in = ring.signed_bits(slo, shi)  # the requant's small ring (no lift)
+        pre = rq.RequantSig(n, L, k, slo, shi, -H, H - 1, ring_in)
+        r = run(_Requant(), pre, (a,), (b_,))
+        q = torch.clamp(t >> k, slo, shi)
+        assert torch.equal(_open(*r["out"], ring_in), q)
+        res["requant"] = r
+        wide = rq.RequantSig(n, L, k, slo, shi, -H, H - 1, NEXT_RING)  # not fused: a wide ring
+        r = run(_Requant(), wide, (a,), (b_,))
+        assert torch.equal(_open(*r["out"], NEXT_RING), q)
+        res["wide"] = r
+        s_in = 4.0 / (1 << (b - 1))
+        table = table_values("gelu", (), range(slo, shi + 1), s_in, 4.0 / hi, 0, hi)
+        sig = LutSig(n, b, slo, tuple(table), 0, hi, NEXT_RING)
+        r = run(LUT, sig, r["out"][:1], r["out"][1:])
+        assert torch.equal(_open(*r["out"], NEXT_RING), torch.tensor(table)[q - slo])
+        res["lut"] = r
+        sir = sci.truncate_and_reduce(L, L - b) + sci.kkot(1 << b, NEXT_RING)
+        sir_relu = sci.truncate_and_reduce(L, k) + sci.relu(L - k)
+        for name, parts, sr in (
+            ("relu (fused requant)", ["relu"], sir_relu),
+            ("requant -> signed b-bit", ["requant"], None),
+            (f"(unfused: requant -> ring {NEXT_RING})", ["wide"], None),
+            ("gelu table", ["lut"], None),
+            ("gelu total", ["requant", "lut"], sir),
+        ):
+            on = sum(res[p]["online_bits"] for p in parts)
+            off = sum(res[p]["offline_bits"] for p in parts)
+            rounds = sum(res[p]["rounds"] for p in parts)
+            secs = sum(res[p]["online_s"] for p in parts)
+            rows.append(
+                {
+                    "op": name,
+                    "b": b,
+                    "n": n,
+                    "online_B_per_elem": on / 8 / n,
+                    "offline_B_per_elem": off / 8 / n,
+                    "rounds": rounds,
+                    "elems_per_s": n / secs if secs > 0 else None,
+                    "sirnn_B_per_elem": sr.bits / 8 if sr else None,
+                    "sirnn_rounds": sr.rounds if sr else None,
+                    "plan": sig.plan[0] if "lut" in parts else "",
+                }
+            )
+    return rows
+
+
+def lut_markdown(rows: list[dict]) -> list[str]:
+    out = [
+        "",
+        "## Lookup-table activations vs ReLU",
+        "",
+        f"Per element, accumulator ring {ACC_RING}, next layer's ring {NEXT_RING}, dealer "
+        "preprocessing; measured (== declared `cost()`) and checked against plaintext. `relu`: "
+        "the fused requantization with ReLU and clip to b bits; `gelu total`: a requantization "
+        "to a signed b-bit value in its small ring, then a b-bit GELU table "
+        "(`privquant.protocols.lut`, plan in the last column). SiRNN-style: SCI truncation to "
+        "b bits + a 1-out-of-2^b OT lookup (16-bit messages), a lower bound for SiRNN's GELU; "
+        "for relu: truncate_and_reduce + ReLU. A network at activation bits a uses b = "
+        "min(8, a + 2) for its tables (w4a4: the b = 6 rows). The `unfused` row is the same "
+        f"requantization emitted into the {NEXT_RING}-bit ring, as it would be without the "
+        "table reading its small ring (what the fusion saves).",
+        "",
+        "| op | b | online B/elem | offline B/elem | total B/elem | rounds | elements/s "
+        "| SiRNN-style B/elem | SiRNN-style rounds | lut plan |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        eps = f"{r['elems_per_s']:.3g}" if r["elems_per_s"] else "-"
+        sb = f"{r['sirnn_B_per_elem']:.1f}" if r["sirnn_B_per_elem"] is not None else ""
+        sr = str(r["sirnn_rounds"]) if r["sirnn_rounds"] is not None else ""
+        tot = r["online_B_per_elem"] + r["offline_B_per_elem"]
+        out.append(
+            f"| {r['op']} | {r['b']} | {r['online_B_per_elem']:.2f} | "
+            f"{r['offline_B_per_elem']:.2f} | {tot:.2f} | {r['rounds']} | {eps} | {sb} | {sr} "
+            f"| {r['plan']} |"
+        )
+    return out
+
+
 def markdown(rows: list[dict], n: int) -> str:
     out = [
         "# Protocol micro-benchmarks",
@@ -220,6 +331,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=16384, help="elements per op")
     p.add_argument("--ells", default="8,16,32")
+    p.add_argument("--no-lut", action="store_true", help="skip the lookup-table section")
     p.add_argument("--out", default=None, help="write markdown here")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -229,10 +341,13 @@ def main(argv=None) -> int:
     for ell in (int(v) for v in args.ells.split(",")):
         rows += bench_ell(ell, args.n, gen)
     md = markdown(rows, args.n)
+    lut_rows = [] if args.no_lut else bench_lut(args.n, gen)
+    if lut_rows:
+        md += "\n".join(lut_markdown(lut_rows)) + "\n"
     if args.out:
         Path(args.out).write_text(md)
     if args.json:
-        print(json.dumps({"n": args.n, "rows": rows}))
+        print(json.dumps({"n": args.n, "rows": rows, "lut_rows": lut_rows}))
     else:
         print(md)
     return 0

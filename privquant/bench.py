@@ -102,30 +102,47 @@ def from_comm_report(name: str, rep, source: str) -> BackendResult:
     return res
 
 
-def resolve_target(target: str, *, bits: str | None, assignment: str | None, workdir: Path, seed=0):
-    """An artifact path, or a model name quantized here (shipped weights, else random weights)."""
-    p = Path(target)
-    if p.suffix == ".pq" or p.is_file():
-        if not p.is_file():
-            raise PrivQuantError(f"artifact not found: {p}")
-        if bits or assignment:
-            raise PrivQuantError("--bits/--assignment apply to a model name, not an artifact")
-        return p, {"quantized_here": False}
+def resolve_target(
+    target: str,
+    *,
+    bits: str | None,
+    assignment: str | None,
+    workdir: Path,
+    seed=0,
+    weights=None,
+    input_shape=None,
+):
+    """An artifact path, or a model quantized here: a registry name (shipped weights, else random
+    weights) or ``package.module:ClassOrFactory`` (``weights``, ``input_shape``)."""
     from privquant import models
 
+    p = Path(target)
+    user = models.is_user_model(target)
+    if not user and (p.suffix == ".pq" or p.is_file()):
+        if not p.is_file():
+            raise PrivQuantError(f"artifact not found: {p}")
+        if bits or assignment or weights or input_shape:
+            raise PrivQuantError(
+                "--bits/--assignment/--weights/--input-shape apply to a model, not an artifact"
+            )
+        return p, {"quantized_here": False}
+    if user:
+        net, shape = models.user_model(target, weights, input_shape)
+        return quantize_model(target, bits, assignment, workdir, seed, net=net, shape=shape)
+    if weights or input_shape:
+        raise PrivQuantError("--weights/--input-shape apply to package.module:Class targets")
     if target not in models.MODEL_NAMES:
         raise PrivQuantError(
-            f"{target!r} is neither a .pq artifact nor a model ({', '.join(models.MODEL_NAMES)})"
+            f"{target!r} is neither a .pq artifact nor a model ({', '.join(models.MODEL_NAMES)}"
+            ", or package.module:ClassOrFactory)"
         )
     return quantize_model(target, bits, assignment, workdir, seed)
 
 
-def _calibration(model: str, n: int, seed: int) -> torch.Tensor:
-    from privquant import models
+def _calibration(shape, n: int, seed: int) -> torch.Tensor:
     from privquant.models.calibration import load_calibration
 
-    shape = models.input_shape(model)
-    if shape == (1, 28, 28):
+    if tuple(shape) == (1, 28, 28):
         return load_calibration(n)
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
@@ -149,26 +166,32 @@ def _float_model(model: str, seed: int):
     return m.eval(), False
 
 
-def quantize_model(model: str, bits, assignment, workdir: Path, seed: int = 0):
+def quantize_model(
+    model: str, bits, assignment, workdir: Path, seed: int = 0, net=None, shape=None
+):
     import privquant
+    from privquant import models
     from privquant.quant.spec import BitAssignment, parse_bits
 
     if bits and assignment:
         raise PrivQuantError("give at most one of --bits and --assignment")
     spec = BitAssignment.load(assignment) if assignment else parse_bits(bits or "w4a4")
-    net, trained = _float_model(model, seed)
-    from privquant import models
-
+    if net is None:
+        net, trained = _float_model(model, seed)
+        shape = models.input_shape(model)
+    else:
+        trained = None  # a user's model: whatever weights it was given
     art = privquant.quantize(
         net,
-        _calibration(model, 256, seed),
+        _calibration(shape, 256, seed),
         spec,
         name=model,
-        input_shape=models.input_shape(model),
+        input_shape=shape,
         progress=False,
     )
     tag = Path(assignment).stem if assignment else (bits or "w4a4")
-    path = workdir / f"{model}-{tag}.pq"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model)
+    path = workdir / f"{safe}-{tag}.pq"
     art.save(path)
     return path, {"quantized_here": True, "trained_weights": trained, "bits": art.bits.to_dict()}
 
@@ -184,13 +207,14 @@ def uniform_artifact(art, bits: int, workdir: Path, seed: int = 0) -> Path:
 
     assignment = BitAssignment(default=ablation_bits(bits, bits))
     qm = QModel(art.graph, assignment)
-    calibrate(qm, _calibration(art.model, 256, seed))
+    calibrate(qm, _calibration(art.input_shape, 256, seed))
     qm.eval()
     program = lower(qm)
     program.meta.update(bits=assignment.to_dict(), ablation=f"uniform-{bits}")
     state = {k: v.detach().clone() for k, v in qm.state_dict().items()}
     out = QuantizedModel(art.graph, assignment, state, program, {"ablation": f"uniform-{bits}"})
-    path = workdir / f"{art.model}-uniform-{bits}.pq"
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in art.model)
+    path = workdir / f"{safe}-uniform-{bits}.pq"
     out.save(path)
     return path
 
@@ -221,8 +245,20 @@ def accuracy(art, limit: int | None) -> dict | None:
 
 
 # ------------------------------------------------------------------------------ main entry
-def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=None) -> dict:
-    """Run the benchmark; returns the report dict (and writes files if ``out_dir``)."""
+def run_bench(
+    target: str,
+    *,
+    bits=None,
+    assignment=None,
+    config=None,
+    out_dir=None,
+    weights=None,
+    input_shape=None,
+) -> dict:
+    """Run the benchmark; returns the report dict (and writes files if ``out_dir``).
+
+    ``target``: a ``.pq`` artifact, a model name, or ``package.module:ClassOrFactory`` (with
+    its ``weights`` state_dict and ``input_shape``)."""
     from privquant.baselines import latency
     from privquant.baselines.sirnn import SirnnConfig, anchor_fit, program_cost
     from privquant.launch import infer_local
@@ -246,7 +282,13 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
         work = Path(out_dir) if out_dir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
         art_path, origin = resolve_target(
-            target, bits=bits, assignment=assignment, workdir=work, seed=cfg.seed
+            target,
+            bits=bits,
+            assignment=assignment,
+            workdir=work,
+            seed=cfg.seed,
+            weights=weights,
+            input_shape=input_shape,
         )
         art = QuantizedModel.load(art_path)
         x, _labels = bench_inputs(art, cfg.images, cfg.seed)

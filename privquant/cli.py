@@ -205,6 +205,11 @@ def _model_and_calib(args):
 
     from privquant import models
 
+    if models.is_user_model(args.model):  # package.module:ClassOrFactory
+        model, shape = models.user_model(args.model, args.weights, args.input_shape)
+        return model, shape, _calibration_for(shape, args.calib, args.seed)
+    if args.input_shape:
+        raise PrivQuantError("--input-shape goes with --model package.module:ClassOrFactory")
     if args.weights:
         model = models.build_model(args.model)
         wpath = Path(args.weights)
@@ -222,14 +227,19 @@ def _model_and_calib(args):
         model = models.build_model(args.model)
         _randomize_bn(model, args.seed)
     shape = models.input_shape(args.model)
-    if args.calib < 1:
+    return model.eval(), shape, _calibration_for(shape, args.calib, args.seed)
+
+
+def _calibration_for(shape, n: int, seed: int):
+    """Fashion-MNIST training images for 1x28x28 inputs, seeded uint8 noise otherwise."""
+    import torch
+
+    if n < 1:
         raise PrivQuantError("need at least one calibration image (--calib)")
-    if shape == (1, 28, 28):
-        calib = _calibration_images(args.calib)
-    else:
-        gen = torch.Generator().manual_seed(args.seed)
-        calib = torch.randint(0, 256, (args.calib, *shape), dtype=torch.uint8, generator=gen)
-    return model.eval(), shape, calib
+    if tuple(shape) == (1, 28, 28):
+        return _calibration_images(n)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=gen)
 
 
 def _randomize_bn(model, seed: int) -> None:
@@ -501,7 +511,13 @@ def cmd_bench(args) -> None:
         progress=not args.json,
     )
     rep = run_bench(
-        args.target, bits=args.bits, assignment=args.assignment, config=cfg, out_dir=args.out
+        args.target,
+        bits=args.bits,
+        assignment=args.assignment,
+        config=cfg,
+        out_dir=args.out,
+        weights=args.weights,
+        input_shape=args.input_shape,
     )
     if args.json:
         print(json.dumps(rep, sort_keys=True, default=float))
@@ -707,6 +723,12 @@ def cmd_search(args) -> None:
 
 
 # ---------------------------------------------------------------------- parser
+MODEL_HELP = (
+    "a model name (lenet5, resnet8, resnet18-cifar, mobilenetv2-cifar) or your own: "
+    "package.module:ClassOrFactory (importable; see --weights, --input-shape)"
+)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (``privquant: error: ...``, exit 2; JSON under --json)."""
 
@@ -775,8 +797,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     q = sub.add_parser("quantize", help="quantize a model into a .pq artifact")
-    q.add_argument("--model", required=True)
+    q.add_argument("--model", required=True, help=MODEL_HELP)
     q.add_argument("--weights", help="state_dict (.pt); default: the shipped reference weights")
+    q.add_argument("--input-shape", help="C,H,W of a --model package.module:Class")
     q.add_argument("--bits", help="uniform bit widths, e.g. w4a4")
     q.add_argument("--assignment", help="per-layer bit assignment JSON (from privquant search)")
     q.add_argument("--calib", type=int, default=256, help="calibration images")
@@ -797,8 +820,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser(
         "search", help="communication-aware mixed-precision search (ILP over the cost table)"
     )
-    s.add_argument("--model", required=True)
+    s.add_argument("--model", required=True, help=MODEL_HELP)
     s.add_argument("--weights", help="state_dict (.pt); default: the shipped reference weights")
+    s.add_argument("--input-shape", help="C,H,W of a --model package.module:Class")
     s.add_argument("--budget-mb", type=float, help="online+offline MB per inference")
     s.add_argument("--sweep", action="store_true", help="accuracy-vs-MB front (JSON + PNG)")
     s.add_argument("--budgets", help="sweep budgets in MB (comma-separated); default: uniform MBs")
@@ -945,7 +969,12 @@ def build_parser() -> argparse.ArgumentParser:
     h.set_defaults(func=cmd_hash)
 
     b = sub.add_parser("bench", help="communication/latency vs CrypTen-native and SiRNN-style")
-    b.add_argument("target", help="a .pq artifact, or a model name to quantize (--bits)")
+    b.add_argument(
+        "target",
+        help="a .pq artifact, or a model to quantize (--bits): a name or package.module:Class",
+    )
+    b.add_argument("--weights", help="for package.module:Class: its state_dict (.pt)")
+    b.add_argument("--input-shape", help="for package.module:Class: C,H,W")
     b.add_argument("--bits", help="for a model name: uniform bits (default w4a4)")
     b.add_argument("--assignment", help="for a model name: per-layer bit assignment JSON")
     b.add_argument("--baselines", default="crypten,sirnn-style", help="comma list (or '')")

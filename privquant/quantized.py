@@ -235,6 +235,8 @@ def quantize(
     qm = QModel(graph, assignment)
     calibrate(qm, calib_images)
     info: dict = {"calibration_images": len(calib_images), "qat_epochs": 0}
+    if graph.notes:
+        info["notes"] = list(graph.notes)
     if qat_epochs > 0:
         if train_images is None or train_labels is None:
             raise PrivQuantError("QAT needs training images and labels")

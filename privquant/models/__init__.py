@@ -75,12 +75,101 @@ def load_reference(name: str) -> nn.Module:
     return model.eval()
 
 
+# ---------------------------------------------------------------------- user models
+def is_user_model(spec: str) -> bool:
+    """``package.module:ClassOrFactory`` (a user's model) rather than a registry name?"""
+    return isinstance(spec, str) and ":" in spec and spec not in _BUILDERS
+
+
+def build_user_model(spec: str) -> nn.Module:
+    """Import ``package.module`` and call ``ClassOrFactory()`` (no arguments); the result must be
+    an ``nn.Module``. The module must be importable (installed or on ``PYTHONPATH``)."""
+    import importlib
+
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr or not all(p.isidentifier() for p in mod_name.split(".")):
+        raise PrivQuantError(f"--model {spec!r}: expected package.module:ClassOrFactory")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise PrivQuantError(f"--model {spec!r}: cannot import {mod_name!r}: {e}") from None
+    obj = mod
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise PrivQuantError(f"--model {spec!r}: {mod_name!r} has no {attr!r}")
+    if not callable(obj):
+        raise PrivQuantError(f"--model {spec!r}: {attr!r} is not a class or factory function")
+    try:
+        model = obj()
+    except Exception as e:  # the user's constructor: any error, one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrivQuantError(f"--model {spec!r}: {attr}() failed: {first}") from None
+    if not isinstance(model, nn.Module):
+        raise PrivQuantError(
+            f"--model {spec!r}: {attr}() returned {type(model).__name__}, not an nn.Module"
+        )
+    return model
+
+
+def load_weights(model: nn.Module, path) -> nn.Module:
+    """Load a ``state_dict`` file into ``model`` (``weights_only=True``, strict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrivQuantError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if (
+            isinstance(state, dict)
+            and "state_dict" in state
+            and isinstance(state["state_dict"], dict)
+        ):
+            state = state["state_dict"]
+        model.load_state_dict(state)
+    except Exception as e:  # torch raises many types for a bad checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PrivQuantError(f"cannot load weights {path}: {first}") from None
+    return model
+
+
+def parse_shape(text) -> tuple[int, ...]:
+    """``"1,28,28"`` (or a sequence) -> (1, 28, 28): a per-sample input shape."""
+    try:
+        parts = text.split(",") if isinstance(text, str) else list(text)
+        shape = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise PrivQuantError(f"input shape {text!r}: expected C,H,W (e.g. 1,28,28)") from None
+    if not shape or any(d < 1 or d > 4096 for d in shape):
+        raise PrivQuantError(f"input shape {text!r}: expected positive sizes, e.g. 1,28,28")
+    return shape
+
+
+def user_model(spec: str, weights=None, shape=None) -> tuple[nn.Module, tuple[int, ...]]:
+    """A user's model in eval mode (with ``weights`` if given) and its per-sample input shape
+    (``shape``, else the model's ``input_shape`` attribute)."""
+    model = build_user_model(spec)
+    if weights:
+        load_weights(model, weights)
+    if shape is None:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise PrivQuantError(
+                f"--model {spec!r}: give --input-shape C,H,W (the model has no input_shape)"
+            )
+    return model.eval(), parse_shape(shape)
+
+
 __all__ = [
     "MODEL_NAMES",
     "WEIGHTS_DIR",
     "build_model",
+    "build_user_model",
     "input_shape",
+    "is_user_model",
     "load_reference",
+    "load_weights",
     "num_classes",
+    "parse_shape",
     "reference_weights_path",
+    "user_model",
 ]

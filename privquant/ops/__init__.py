@@ -1,28 +1,79 @@
 """The op table: one module per integer-program op kind, registered in :data:`MODULES`.
 
 Adding an op kind = one new module defining ``KIND`` (an :class:`~privquant.ops.base.OpKind`)
-plus its tests, and one entry in :data:`MODULES`. Program validation, the plaintext executor,
-ring widths, the two-party walker, the cost report, the search's cost table and the baselines
-all dispatch through :func:`get`.
+plus its tests, and one entry in :data:`MODULES`. A float-graph node kind that lowers only to
+other kinds' ops (a public affine map becomes its quantizer's requant) is a module defining
+``GRAPH`` (a :class:`~privquant.ops.graph.GraphKind`) instead. Program validation, the plaintext
+executor, ring widths, the two-party walker, the cost report, the search's cost table and the
+baselines all dispatch through :func:`get`.
 """
 
 from __future__ import annotations
 
 from privquant.errors import PrivQuantError
-from privquant.ops import conv2d, flatten, input_, linear, maxpool, neg, output, requant, sumpool
+from privquant.ops import (
+    affine,
+    concat,
+    conv2d,
+    flatten,
+    input_,
+    linear,
+    lut,
+    maxpool,
+    mul,
+    neg,
+    output,
+    requant,
+    sumpool,
+)
 from privquant.ops.base import OpKind
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.base import Protocol
 from privquant.protocols.preprocessing.base import check_mode
 from privquant.protocols.primitives.cost import Cost
 
-MODULES = (input_, conv2d, linear, sumpool, maxpool, flatten, neg, requant, output)
-KINDS: dict[str, OpKind] = {m.KIND.name: m.KIND for m in MODULES}
+MODULES = (
+    input_,
+    conv2d,
+    linear,
+    sumpool,
+    maxpool,
+    flatten,
+    neg,
+    requant,
+    lut,
+    mul,
+    concat,
+    affine,
+    output,
+)
+KINDS: dict[str, OpKind] = {m.KIND.name: m.KIND for m in MODULES if hasattr(m, "KIND")}
+
+
+def _graphs(m) -> list[GraphKind]:
+    kind = getattr(m, "KIND", None)
+    return [g for g in (kind.graph if kind else None, getattr(m, "GRAPH", None)) if g]
+
+
 #: float-graph node kinds (``privquant.quant``), each defined in the op module it lowers to
-GRAPH_KINDS: dict[str, GraphKind] = {
-    m.KIND.graph.name: m.KIND.graph for m in MODULES if m.KIND.graph
-}
+GRAPH_KINDS: dict[str, GraphKind] = {g.name: g for m in MODULES for g in _graphs(m)}
 BACKENDS = ("privquant", "privquant-unfused")
+
+
+def supported_ops() -> list[tuple[str, str]]:
+    """(PyTorch spelling, what it becomes) for every supported operation: capture's own rules
+    and each graph kind's ``supported`` rows, in table order."""
+    from privquant.quant.graph import CAPTURE_RULES
+
+    rows = [row for g in GRAPH_KINDS.values() for row in g.supported]
+    return rows + list(CAPTURE_RULES)
+
+
+def supported_ops_markdown() -> str:
+    """The README's supported-ops table (a test keeps README.md equal to it)."""
+    lines = ["| PyTorch | becomes |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in supported_ops()]
+    return "\n".join(lines) + "\n"
 
 
 def get(kind: str) -> OpKind:
@@ -87,4 +138,6 @@ __all__ = [
     "op_cost",
     "protocol",
     "signature",
+    "supported_ops",
+    "supported_ops_markdown",
 ]

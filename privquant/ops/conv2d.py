@@ -76,19 +76,60 @@ class LayerGraph(GraphKind):
         return [op.output]
 
 
+def conv_padding(m: nn.Conv2d) -> list[int]:
+    """Symmetric zero padding of ``m``: its ``padding``, or ``'valid'`` (0) and ``'same'`` (for odd
+    kernels, ``(k - 1) // 2``; PyTorch allows ``'same'`` only with stride 1)."""
+    if not isinstance(m.padding, str):
+        return list(m.padding)
+    if m.padding == "valid":
+        return [0, 0]
+    even = [k for k in m.kernel_size if k % 2 == 0]
+    if even:
+        raise PrivQuantError(
+            f"conv with padding='same' and an even kernel {tuple(m.kernel_size)} pads "
+            "asymmetrically: not supported; use an odd kernel or explicit padding"
+        )
+    return [(k - 1) // 2 for k in m.kernel_size]
+
+
 class ConvGraph(LayerGraph):
-    """``nn.Conv2d`` (zero padding, no dilation); a following BatchNorm2d is folded in."""
+    """``nn.Conv2d`` (zero padding incl. ``'same'`` for odd kernels, no dilation); a following
+    BatchNorm2d is folded in."""
 
     name = "conv"
     op_kind = "conv2d"
     folds_bn = True
+    supported = (
+        (
+            "`nn.Conv2d` (zero padding, `padding='same'` for odd kernels, groups, stride)",
+            "linear protocol; a following `nn.BatchNorm2d` is folded in",
+        ),
+    )
+
+    def fold_affine(self, node, scale, shift, axis):
+        if axis not in (None, 3) or len(scale) not in (1, node.weight.shape[1]):
+            return False
+        if any(int(p) for p in node.attrs["padding"]) or int(node.attrs["groups"]) != 1:
+            return False  # zero padding of the map's output is not zero padding of its input
+        c = node.weight.shape[1]
+        a = torch.as_tensor(np.broadcast_to(scale, (c,)).copy(), dtype=torch.float64)
+        b = torch.as_tensor(np.broadcast_to(shift, (c,)).copy(), dtype=torch.float64)
+        w = node.weight.double()
+        node.bias = (node.bias.double() + (w * b.reshape(1, -1, 1, 1)).sum((1, 2, 3))).float()
+        node.weight = (w * a.reshape(1, -1, 1, 1)).float()
+        return True
 
     def capture(self, n, mods, src):
         if n.op != "call_module" or not isinstance(mods[n.target], nn.Conv2d):
             return None
         m = mods[n.target]
-        if m.padding_mode != "zeros" or isinstance(m.padding, str) or m.dilation != (1, 1):
-            raise PrivQuantError(f"conv {n.target!r}: only zero padding, no dilation supported")
+        if m.padding_mode != "zeros":
+            raise PrivQuantError(
+                f"conv {n.target!r}: padding_mode={m.padding_mode!r} is not supported "
+                "(only zero padding)"
+            )
+        if m.dilation != (1, 1):
+            raise PrivQuantError(f"conv {n.target!r}: dilation {m.dilation} is not supported")
         b = m.bias.detach().float() if m.bias is not None else torch.zeros(m.out_channels)
         return QNode(
             n.target,
@@ -96,7 +137,7 @@ class ConvGraph(LayerGraph):
             [src(n.args[0])],
             weight=m.weight.detach().float(),
             bias=b,
-            attrs={"stride": list(m.stride), "padding": list(m.padding), "groups": m.groups},
+            attrs={"stride": list(m.stride), "padding": conv_padding(m), "groups": m.groups},
         )
 
     def forward(self, node, xs, params=None):

@@ -21,6 +21,12 @@ class InputGraph(GraphKind):
     """The model's input placeholder (the client's image)."""
 
     name = "input"
+    supported = (
+        (
+            "the model's input (one tensor argument)",
+            "the client's uint8 image; real value `q / 255` (see the input convention)",
+        ),
+    )
 
     def capture(self, n, mods, src):
         return QNode("input", "input", []) if n.op == "placeholder" else None

@@ -5,6 +5,7 @@ Same protocol and conventions as :mod:`privquant.ops.conv2d`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -16,10 +17,23 @@ from privquant.protocols.linear import LinearSig
 
 
 class LinearGraph(LayerGraph):
-    """``nn.Linear``."""
+    """``nn.Linear``; a following BatchNorm1d is folded in."""
 
     name = "linear"
     op_kind = "linear"
+    folds_bn = True
+    supported = (("`nn.Linear`", "linear protocol; a following `nn.BatchNorm1d` is folded in"),)
+
+    def fold_affine(self, node, scale, shift, axis):
+        k = node.weight.shape[1]
+        if axis not in (None, 1) or len(scale) not in (1, k) or len(shift) not in (1, k):
+            return False
+        a = torch.as_tensor(np.broadcast_to(scale, (k,)).copy(), dtype=torch.float64)
+        b = torch.as_tensor(np.broadcast_to(shift, (k,)).copy(), dtype=torch.float64)
+        w = node.weight.double()
+        node.bias = (node.bias.double() + w @ b).float()
+        node.weight = (w * a.reshape(1, -1)).float()
+        return True
 
     def capture(self, n, mods, src):
         if n.op != "call_module" or not isinstance(mods[n.target], nn.Linear):

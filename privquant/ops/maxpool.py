@@ -21,20 +21,55 @@ from privquant.protocols.ot.maxpool import OT_MAXPOOL
 from privquant.protocols.primitives.geometry import conv_out_hw, pair
 
 
+def pool_args(n, names: tuple[str, ...], defaults: dict) -> dict:
+    """Bind a functional pooling call's arguments (after the input) to ``names``."""
+    out = dict(defaults)
+    out.update(dict(zip(names, n.args[1:])))
+    out.update({k: v for k, v in n.kwargs.items() if k in names})
+    return out
+
+
 class MaxpoolGraph(GraphKind):
-    """``nn.MaxPool2d`` (no ceil mode, no dilation): transparent on quantized integers."""
+    """``nn.MaxPool2d`` / ``F.max_pool2d`` (no ceil mode, no dilation): transparent on quantized
+    integers; a ReLU after it moves before it (``max`` commutes with monotone functions)."""
 
     name = "maxpool"
     transparent = True
+    commutes_with_act = True
+    supported = (
+        (
+            "`nn.MaxPool2d`, `F.max_pool2d` (no ceil_mode/dilation)",
+            "comparison tree; `pool -> relu` is rewritten to `relu -> pool`",
+        ),
+    )
 
     def capture(self, n, mods, src):
-        if n.op != "call_module" or not isinstance(mods[n.target], nn.MaxPool2d):
+        if n.op == "call_module" and isinstance(mods[n.target], nn.MaxPool2d):
+            m = mods[n.target]
+            a = {
+                "kernel_size": m.kernel_size,
+                "stride": m.stride,
+                "padding": m.padding,
+                "dilation": m.dilation,
+                "ceil_mode": m.ceil_mode,
+            }
+            name = n.target
+        elif n.op == "call_function" and n.target is F.max_pool2d:
+            names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+            a = pool_args(n, names, {"stride": None, "padding": 0, "dilation": 1})
+            if a.get("return_indices"):
+                raise PrivQuantError(f"{n.name!r}: max_pool2d with return_indices is not supported")
+            name = n.name
+        else:
             return None
-        m = mods[n.target]
-        if m.ceil_mode or m.dilation not in (1, (1, 1)):
-            raise PrivQuantError(f"{n.target!r}: ceil_mode/dilation not supported")
-        attrs = {"kernel": m.kernel_size, "stride": m.stride or m.kernel_size, "padding": m.padding}
-        return QNode(n.target, "maxpool", [src(n.args[0])], attrs=attrs)
+        if a.get("ceil_mode") or a.get("dilation", 1) not in (1, (1, 1), [1, 1]):
+            raise PrivQuantError(f"{name!r}: ceil_mode/dilation not supported")
+        attrs = {
+            "kernel": a["kernel_size"],
+            "stride": a["stride"] or a["kernel_size"],
+            "padding": a["padding"],
+        }
+        return QNode(name, "maxpool", [src(n.args[0])], attrs=attrs)
 
     def forward(self, node, xs, params=None):
         a = node.attrs

@@ -46,6 +46,7 @@ class NegGraph(GraphKind):
 
     name = "neg"
     transparent = True
+    supported = (("`-x`, `torch.neg`, `x.neg()`", "local"),)
 
     def capture(self, n, mods, src):
         hit = (n.op == "call_function" and n.target in (operator.neg, torch.neg)) or (

@@ -20,6 +20,12 @@ class OutputGraph(GraphKind):
     """The model's output: the logits, which must have one per-tensor scale."""
 
     name = "output"
+    supported = (
+        (
+            "the model's output: logits of a final conv/linear layer",
+            "opened to the client (label or logits)",
+        ),
+    )
 
     def capture(self, n, mods, src):
         return QNode("output", "output", [src(n.args[0])]) if n.op == "output" else None

@@ -52,22 +52,39 @@ def _tuple(a) -> tuple[int, ...]:
 
 
 class AddGraph(GraphKind):
-    """Residual add ``a + b`` (``+``, ``torch.add``, ``x.add(y)``): lowered to one requant op
-    that rescales both branches to the output scale with public multipliers."""
+    """Residual add ``a + b`` (``+``, ``torch.add``, ``x.add(y)``) or difference ``a - b`` of two
+    tensors: lowered to one requant op that rescales both branches to the output scale with
+    public multipliers (negated for the subtrahend)."""
 
     name = "add"
     quantized = "always"
     fuses_act = True
     rescales_inputs = True
+    supported = (
+        ("`x + y`, `torch.add`, `x.add(y)`, `x - y` (two tensors, same shape)", "requantization"),
+    )
 
     def capture(self, n, mods, src):
-        hit = (n.op == "call_function" and n.target in (operator.add, torch.add)) or (
+        add = (n.op == "call_function" and n.target in (operator.add, torch.add)) or (
             n.op == "call_method" and n.target == "add"
         )
-        return QNode(n.name, "add", [src(n.args[0]), src(n.args[1])]) if hit else None
+        sub = (n.op == "call_function" and n.target in (operator.sub, torch.sub)) or (
+            n.op == "call_method" and n.target == "sub"
+        )
+        if not (add or sub) or len(n.args) != 2 or n.kwargs.get("alpha", 1) != 1:
+            return None
+        if not all(src.is_tensor(a) for a in n.args):
+            return None  # a constant: a public affine map
+        attrs = {"signs": [1, -1]} if sub else {}
+        return QNode(n.name, "add", [src(n.args[0]), src(n.args[1])], attrs=attrs)
+
+    @staticmethod
+    def signs(node) -> list[int]:
+        return list(node.attrs.get("signs", [1] * len(node.inputs)))
 
     def forward(self, node, xs, params=None):
-        return xs[0] + xs[1]
+        s = self.signs(node)
+        return xs[0] + xs[1] if s[1] > 0 else xs[0] - xs[1]
 
     def lower(self, node, ctx):
         ins = [ctx.tensor_of(i) for i in node.inputs]
@@ -75,8 +92,12 @@ class AddGraph(GraphKind):
             raise PrivQuantError(f"add {node.name!r}: shapes differ")
         return ins
 
+    def requant(self, node, ctx, outs, qz):
+        reals = [sign * np.asarray(ctx.real(t)) for sign, t in zip(self.signs(node), outs)]
+        return ctx.requant(node.name, outs, qz, reals=reals)
+
     def crypten(self, node, ins, ctx):
-        return ins[0] + ins[1]
+        return ins[0] - ins[1] if node["attrs"].get("signs", [1, 1])[1] < 0 else ins[0] + ins[1]
 
 
 class RequantKind(OpKind):

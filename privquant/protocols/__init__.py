@@ -17,7 +17,8 @@ protocols (this package)    one shape (``base.Protocol``: ``online_cost``, ``nee
                             (prefix circuit; ``x >= T``), ``bitpoly`` (one-opening selection
                             polynomial), ``lift`` (known-MSB ring extension); per-op protocols
                             ``basic`` (open, input, output, local ops), ``linear``, ``requant``
-                            (fused and unfused), ``maxpool``
+                            (fused and unfused), ``maxpool``, ``lut`` (table lookups),
+                            ``mul`` (Beaver products)
 ``harness``                 ``run_protocol`` / ``run_roles``: one protocol end to end over threads
 ``catalogue``               the table below, rendered from the code
 ==========================  ===================================================================
@@ -42,6 +43,8 @@ lift Z_2^5 -> Z_2^20       n=1000                     2000    20000    0      1
 requant ReLU + 4-bit clip  n=1000, L=20, k=12, L'=20  92000   133000   0      6
 requant (unfused)          n=1000, L=20, k=12, L'=20  158000  219000   0      12
 maxpool 2x2                8x8x16 in, 4-bit, L=6      13824   18432    0      6
+lut 4-bit -> Z_2^16        n=1000, 4-bit output       10000   96000    0      2
+mul x * y                  n=1000, ell=16             64000   16000    0      1
 =========================  =========================  ======  =======  =====  ======
 
 .. catalogue-end

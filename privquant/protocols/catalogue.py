@@ -9,7 +9,9 @@ from privquant.protocols.basic import OPEN, OPEN_TO, OpenSig, OpenToSig
 from privquant.protocols.compare import CIRCUIT, COMPARE, CompareSig, Group, circuit
 from privquant.protocols.lift import LIFT, LiftSig
 from privquant.protocols.linear import LINEAR, LinearSig
+from privquant.protocols.lut import LUT, LutSig
 from privquant.protocols.maxpool import MAXPOOL, MaxpoolSig
+from privquant.protocols.mul import MUL, MulSig
 from privquant.protocols.requant import FUSED, UNFUSED, RequantSig
 
 N = 1000  # elements (or output windows) per example row
@@ -33,6 +35,9 @@ def examples():
         MAXPOOL,
         MaxpoolSig((1, 16, 8, 8), (2, 2), (2, 2), (0, 0), 0, 15, 6, 6),
     )
+    gelu4 = LutSig(N, 4, -8, tuple([0] * 8 + list(range(0, 15, 2))), 0, 15, 16)
+    yield "lut 4-bit -> Z_2^16", f"n={N}, 4-bit output", LUT, gelu4
+    yield "mul x * y", f"n={N}, ell=16", MUL, MulSig((N,), (N,), 16)
 
 
 def render() -> str:

@@ -116,7 +116,8 @@ class BitVars:
 
     def quantizer_bits(self, values: dict[str, int], q: str) -> int:
         if q in self.derived:
-            return max((values[avar(s)] for s in self.derived[q]), default=8)
+            b = max((values[avar(s)] for s in self.derived[q]), default=8)
+            return self.graph.derived_bits(q, b)
         return values[avar(q)]
 
     def assignment(self, values: dict[str, int], model: str | None = None) -> BitAssignment:
@@ -176,8 +177,9 @@ def frozen_scales(graph: QGraph, calib: torch.Tensor, bits: Iterable[int]) -> Sc
         calibrate(qm, calib)
         for n in graph.layer_names:
             w[(n, b)] = qm.w_scales[_key(n)].detach().clone()
-        for q in qm.quantizers:
-            a[(q, b)] = qm.a_scales[_key(q)].detach().clone()
+        for q, qz in qm.quantizers.items():
+            # keyed by the quantizer's own bits (a lookup table's input takes more than b)
+            a[(q, qz.bits)] = qm.a_scales[_key(q)].detach().clone()
         if template is None:
             template = lower(qm)
     if template is None:
@@ -242,7 +244,8 @@ class SymbolicContext(LowerContext):
     def qbits(self, q: str) -> int:
         d = self.sym.vars.derived.get(q)
         if d is not None:
-            return max((self.var(avar(s)) for s in d), default=8)
+            b = max((self.var(avar(s)) for s in d), default=8)
+            return self.sym.graph.derived_bits(q, b)
         return self.var(avar(q))
 
     def w_bits(self, layer):
@@ -381,7 +384,7 @@ class SymbolicLowering:
         self.backend = backend
         qm = QModel(graph, BitAssignment.uniform(LayerBits(8, 8)))
         self.final = qm.final
-        self.qspec = {q: (qz.signed, qz.relu6) for q, qz in qm.quantizers.items()}
+        self.qspec = {q: (qz.signed, qz.relu6, qz.dip) for q, qz in qm.quantizers.items()}
         self.producer = {op.output: op for op in self.template.ops}
         self.consumers = self.template.consumers()
         self._atoms: dict[str, list[tuple[str, str]]] = {}
@@ -397,8 +400,8 @@ class SymbolicLowering:
         self.requantized = {ctx.produced[q]: q for q in self.qspec}
 
     def quantizer(self, q: str, bits: int) -> ActQuantizer:
-        signed, relu6 = self.qspec[q]
-        return ActQuantizer(q, bits, signed, relu6)
+        signed, relu6, dip = self.qspec[q]
+        return ActQuantizer(q, bits, signed, relu6, dip)
 
     def evaluator(self, values: dict[str, int]) -> SymbolicContext:
         return SymbolicContext(self, values)

@@ -61,18 +61,33 @@ def weight_qmax(bits: int) -> int:
 
 @dataclass
 class ActQuantizer:
+    """An activation quantizer's integer range: ``signed`` ``[-2^(b-1), 2^(b-1) - 1]``, unsigned
+    ``[0, 2^b - 1]``, or ``dip`` (mostly non-negative with a small negative tail, e.g. GELU or
+    SiLU: 1/16 of the codes below zero, ``[-max(1, 2^b / 16), ...]``, still ``2^b`` codes)."""
+
     node: str
     bits: int
     signed: bool
     relu6: bool
+    dip: bool = False
 
     @property
     def qmin(self) -> int:
+        if self.dip and not self.signed:
+            return -max(1, (1 << self.bits) >> 4)
         return -(1 << (self.bits - 1)) if self.signed else 0
 
     @property
     def qmax(self) -> int:
+        if self.dip and not self.signed:
+            return (1 << self.bits) - 1 + self.qmin
         return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+
+def _clip(qz: ActQuantizer, s) -> tuple[int, int]:
+    from privquant.quant.lower import requant_clip
+
+    return requant_clip(qz, float(s.detach()) if isinstance(s, torch.Tensor) else float(s))
 
 
 def _key(name: str) -> str:
@@ -123,8 +138,10 @@ class QModel(nn.Module):
                 b = a.pop()
             else:
                 down = g.downstream_layers(q)
-                b = max((bits.get(r).a for r in down), default=8)
-            out[q] = ActQuantizer(q, b, signed[q], g.node(q).act == "relu6")
+                b = g.derived_bits(q, max((bits.get(r).a for r in down), default=8))
+            node = g.node(q)
+            dip = not node.act and ops.graph_kind(node.kind).dip(node)
+            out[q] = ActQuantizer(q, b, signed[q], node.act == "relu6", dip)
         return out
 
     def layer(self, name: str) -> QNode:
@@ -143,9 +160,17 @@ class QModel(nn.Module):
         qmax = weight_qmax(self.w_bits[name])
         return lsq(w, s, -qmax, qmax)
 
-    def qbias(self, name: str, s_in: torch.Tensor) -> torch.Tensor:
+    def qbias(self, name: str, s_in: torch.Tensor, x_abs: int | None = None) -> torch.Tensor:
+        """The bias on the accumulator grid ``s_in * s_w``; with ``x_abs`` (the largest |integer|
+        of the layer's input) clipped to ``+-K * wmax * x_abs`` as the integer program clips it
+        (``privquant.program.linear_bound``)."""
         s = s_in * self.w_scale(name)
-        return round_ste(self.biases[_key(name)] / s) * s
+        q = round_ste(self.biases[_key(name)] / s)
+        if x_abs is not None:
+            w = self.weights[_key(name)]
+            bmax = float(w[0].numel() * weight_qmax(self.w_bits[name]) * x_abs)
+            q = torch.clamp(q, -bmax, bmax)
+        return q * s
 
     @torch.no_grad()
     def int_params(self, name: str, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,6 +200,7 @@ class QModel(nn.Module):
         quant = self.mode == "quant"
         env: dict[str, torch.Tensor] = {}
         scale: dict[str, torch.Tensor] = {}
+        x_abs: dict[str, int] = {}  # largest |integer| of each quantized tensor (its bounds)
         for n in self.graph.nodes:
             kind = ops.graph_kind(n.kind)
             xs = [env[i] for i in n.inputs] if n.inputs else [x]
@@ -186,7 +212,10 @@ class QModel(nn.Module):
                 if quant:
                     if n.inputs[0] not in scale:
                         raise PrivQuantError(f"layer {n.name!r} reads an unquantized tensor")
-                    params = self.qweight(n.name), self.qbias(n.name, scale[n.inputs[0]])
+                    params = (
+                        self.qweight(n.name),
+                        self.qbias(n.name, scale[n.inputs[0]], x_abs.get(n.inputs[0])),
+                    )
             y = kind.forward(n, xs, params)
             if n.act == "relu":
                 y = F.relu(y)
@@ -194,8 +223,11 @@ class QModel(nn.Module):
                 y = F.relu6(y)
             if not n.inputs:  # the network input: uint8 / 255, already on its grid
                 scale[n.name] = torch.tensor(INPUT_SCALE)
+                x_abs[n.name] = 255
             elif kind.transparent and n.inputs[0] in scale:
                 scale[n.name] = scale[n.inputs[0]]
+                if n.inputs[0] in x_abs:
+                    x_abs[n.name] = x_abs[n.inputs[0]]
             if n.name == stop_at:
                 return y
             if quant and n.name in self.quantizers:
@@ -204,7 +236,9 @@ class QModel(nn.Module):
                 qz = self.quantizers[n.name]
                 s = self.a_scale(n.name)
                 y = lsq(y, s, qz.qmin, qz.qmax)
+                y = kind.fake_quant(n, xs, y, [scale.get(i) for i in n.inputs], s, qz)
                 scale[n.name] = s
+                x_abs[n.name] = max(abs(v) for v in _clip(qz, s))
             env[n.name] = y
             if record is not None and n.name in scale:
                 record[n.name] = (y.detach() / scale[n.name].detach()).round().to(torch.int64)

@@ -76,21 +76,34 @@ def requant_op(
     s_out: float,
     reals: list,
     infos: list[TensorInfo],
+    bias=None,
+    out: str | None = None,
 ) -> Op:
     """The requant op of quantizer ``qz`` (output scale ``s_out``) over ``inputs`` whose real
-    scales are ``reals`` and bounds ``infos``. Shared by :func:`lower` and the search's cost
-    table (``quant.costtable``), so both build the same public integers."""
+    scales are ``reals`` and bounds ``infos``, plus an optional real ``bias`` per channel (a
+    public affine map's shift), writing tensor ``out`` (default ``name``). Shared by
+    :func:`lower` and the search's cost table (``quant.costtable``), so both build the same
+    public integers."""
     mults = [np.broadcast_to(r / s_out, (shape[0],)).copy() for r in reals]
     xmax = sum(max(abs(t.lo), abs(t.hi)) for t in infos)
-    ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(xmax + 1)) - 1)
     lo, hi = requant_clip(qz, s_out)
+    room = xmax if bias is None else 2 * xmax + 4  # the bias term is at most ~xmax (clipped)
+    ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(room + 1)) - 1)
     arrays = {f"mult{i}": m for i, m in enumerate(ints)}
-    arrays["offset"] = _i64(np.full(shape[0], 1 << (k - 1)))
+    offset = np.full(shape[0], 1 << (k - 1), dtype=np.int64)
+    if bias is not None:
+        # round(bias / s_out) in units of 2^-k; clipped where it saturates the output anyway
+        # (|bias| beyond the output range plus the largest |sum m_i x_i| / 2^k)
+        reach = sum(int(np.abs(m).max()) * max(abs(t.lo), abs(t.hi)) for m, t in zip(ints, infos))
+        cap = (reach >> k) + (hi - lo) + 2
+        b = np.clip(np.broadcast_to(np.asarray(bias, np.float64) / s_out, (shape[0],)), -cap, cap)
+        offset = offset + np.round(b * 2.0**k).astype(np.int64)
+    arrays["offset"] = _i64(offset)
     op = Op(
         "requant",
         name,
         list(inputs),
-        name,
+        out or name,
         {"shift": k, "lo": lo, "hi": hi, "bits": qz.bits, "signed": qz.signed},
         arrays,
     )
@@ -172,10 +185,11 @@ class LowerContext:
         return ops.graph_kind(node.kind).lower(node, self)
 
     def finish(self, node, outs: list[str]) -> str:
-        """The node's quantizer step (a requant op over ``outs``), if it has one."""
+        """The node's quantizer step (its kind's :meth:`~privquant.ops.graph.GraphKind.requant`,
+        by default a requant op over ``outs``), if it has one."""
         qz = self.quantizer(node.name)
         if qz is not None:
-            out = self.requant(node.name, outs, qz)
+            out = ops.graph_kind(node.kind).requant(node, self, outs, qz)
         elif len(outs) == 1:
             out = outs[0]
         else:
@@ -183,7 +197,19 @@ class LowerContext:
         self.produced[node.name] = out
         return out
 
-    def requant(self, q: str, inputs: list[str], qz: ActQuantizer) -> str:
+    def requant(
+        self,
+        q: str,
+        inputs: list[str],
+        qz: ActQuantizer,
+        *,
+        reals: list | None = None,
+        bias=None,
+        out: str | None = None,
+    ) -> str:
+        """Emit the requant op of quantizer ``q`` over ``inputs`` (jointly rescaled to its scale;
+        ``reals`` override the inputs' real scales, ``bias`` adds a real per-channel shift) into
+        tensor ``out`` (default ``q``)."""
         s_out = float(self.a_scale(q))
         shape = self.info(inputs[0]).shape
         op = requant_op(
@@ -192,8 +218,10 @@ class LowerContext:
             shape,
             qz,
             s_out,
-            [self.real(t) for t in inputs],
+            [self.real(t) for t in inputs] if reals is None else reals,
             [self.info(t) for t in inputs],
+            bias,
+            out,
         )
         return self.emit(op, shape, op.attrs["lo"], op.attrs["hi"], s_out, s_out)
 

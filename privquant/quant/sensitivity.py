@@ -23,7 +23,7 @@ with synthetic calibration data work the same way). The search minimizes ``sum_i
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -85,10 +85,16 @@ def _wpert(qm, layer: str, b: int, scales: ScaleBook) -> float:
     return float(((torch.clamp(torch.round(w / s), -q, q) * s - w) ** 2).sum())
 
 
+def _qbits(graph: QGraph, q: str, b: int) -> int:
+    """The bits quantizer ``q`` takes when the activations it feeds have ``b`` bits (more for
+    the input of a lookup activation: :meth:`QGraph.derived_bits`)."""
+    return b if graph.readers(q) else graph.derived_bits(q, b)
+
+
 def _apert(qz, a: torch.Tensor, q: str, b: int, scales: ScaleBook) -> float:
+    z = replace(qz, bits=b)
     s = scales.a[(q, b)].abs() + 1e-12
-    lo, hi = (-(1 << (b - 1)), (1 << (b - 1)) - 1) if qz.signed else (0, (1 << b) - 1)
-    return float(((torch.clamp(torch.round(a / s), lo, hi) * s - a) ** 2).sum())
+    return float(((torch.clamp(torch.round(a / s), z.qmin, z.qmax) * s - a) ** 2).sum())
 
 
 def _sqrt_ce_hessian(logits: torch.Tensor) -> torch.Tensor:
@@ -141,7 +147,13 @@ def hessian_sensitivity(
         labels = qm(x).argmax(1)
         qm.mode = "quant"
     acts: dict[str, torch.Tensor] = {}
-    logits = qm(x, on_quantizer=lambda n, y: acts.__setitem__(n, y))
+
+    def keep(n: str, y: torch.Tensor) -> None:
+        if not y.requires_grad:  # e.g. a public map of the input: no parameter before it
+            y.requires_grad_()
+        acts[n] = y
+
+    logits = qm(x, on_quantizer=keep)
     layers = graph.layer_names
     quants = list(qm.quantizers)
     targets = [qm.weights[_key(n)] for n in layers] + [acts[q] for q in quants]
@@ -177,7 +189,9 @@ def hessian_sensitivity(
     for q in quants:
         a = acts[q].detach()
         act_vals[q] = {
-            b: max(traces[f"a:{q}"], 0.0) * _apert(qm.quantizers[q], a, q, b, scales) for b in abits
+            b: max(traces[f"a:{q}"], 0.0)
+            * _apert(qm.quantizers[q], a, q, _qbits(graph, q, b), scales)
+            for b in abits
         }
     return Sensitivity(
         "hessian",
@@ -233,8 +247,8 @@ def measured_sensitivity(
         keep = qm.a_scales[_key(q)].detach().clone()
         acts[q] = {}
         for b in abits:
-            qz.bits = b
-            qm.a_scales[_key(q)].copy_(scales.a[(q, b)])
+            qz.bits = _qbits(graph, q, b)
+            qm.a_scales[_key(q)].copy_(scales.a[(q, qz.bits)])
             acts[q][b] = max(div() - base, 0.0) if b != 8 else 0.0
             bar.update(1)
         qz.bits = 8

@@ -22,6 +22,12 @@ kind                what each party gets                                        
                     value derived from a ``random`` mask (a selection polynomial's
                     dealer items)
 ``bit_product``     additive shares (Z_2^ell) of ``rho0 * rho1`` (``private_bits``)   n*ell
+``one_hot``         additive shares (Z_2^ell) of the one-hot vector ``e_r`` (``items``  n*ell*items
+                    = N entries) of a ``random`` index ``r`` in Z_N (a lookup table's
+                    dealer material, :mod:`privquant.protocols.lut`)
+``beaver``          additive shares (Z_2^ell) of ``c = a * b`` for two ``random``      n*ell
+                    masks ``a``, ``b`` (``n`` = elements of the (broadcast) product;
+                    :mod:`privquant.protocols.mul`)
 ``linear``          per model load a weight mask ``B`` (P0) with ``F = W - B`` sent   setup
                     to P1; per inference shares of ``lin(A, B)`` for the              |W|*ell,
                     ``random`` input mask ``A``                                       offline
@@ -54,6 +60,8 @@ KINDS = (
     "products",
     "bit_product",
     "linear",
+    "one_hot",
+    "beaver",
 )
 
 
@@ -194,6 +202,17 @@ class Provider:
         """Additive shares in Z_2^ell of ``rho0 * rho1`` (``private_bits``; kind
         ``bit_product``)."""
         raise Unavailable(f"{self.mode} provider cannot make 'bit_product'")
+
+    def one_hot(self, r: Rand, size: int, ell: int) -> torch.Tensor | None:
+        """Additive shares in Z_2^ell, shape ``(n, size)``, of the one-hot vectors ``e_r``
+        (``e_r[j] = [j == r]``) of the random indices ``r`` ((n,), ``random`` in Z_size, size a
+        power of two) (kind ``one_hot``)."""
+        raise Unavailable(f"{self.mode} provider cannot make 'one_hot'")
+
+    def beaver(self, a: Rand, b: Rand, shape, ell: int) -> torch.Tensor | None:
+        """Additive shares in Z_2^ell of ``c = a * b`` (broadcast to ``shape``) for the random
+        masks ``a`` and ``b`` (kind ``beaver``; ``b`` may be ``a`` itself: a square pair)."""
+        raise Unavailable(f"{self.mode} provider cannot make 'beaver'")
 
     def linear_setup(self, key: str, w_shape, ell: int) -> torch.Tensor | None:
         """The weight mask ``B`` of layer ``key`` (known to P0 and the provider; None at P1)."""

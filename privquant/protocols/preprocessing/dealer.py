@@ -261,6 +261,18 @@ class DealerProvider(Provider):
     def bit_product(self, rho0, rho1, shape, ell: int) -> torch.Tensor | None:
         return self.share_ring(lambda: (rho0 & rho1).long(), shape, ell)
 
+    def one_hot(self, r: Rand, size: int, ell: int) -> torch.Tensor | None:
+        n = _numel(r.share.shape if r.share is not None else r.value.shape)
+
+        def onehot() -> torch.Tensor:
+            idx = r.value.reshape(-1, 1)
+            return (torch.arange(size, dtype=torch.int64).reshape(1, -1) == idx).long()
+
+        return self.share_ring(onehot, (n, size), ell)
+
+    def beaver(self, a: Rand, b: Rand, shape, ell: int) -> torch.Tensor | None:
+        return self.share_ring(lambda: a.value * b.value, shape, ell)
+
     def linear_setup(self, key: str, w_shape, ell: int) -> torch.Tensor | None:
         # P0 and the dealer (and a simulated P1, which plays the dealer too) know B
         return self.keyed_ring("d0", f"linear/{key}", w_shape, ell)
