@@ -540,18 +540,60 @@ class Searcher:
         return self.table.bitvars.values(BitAssignment.uniform(LayerBits(w, a)))
 
     def fingerprint(self) -> str:
-        """Identifies what determines every point's program: weights, calibration images, name,
-        candidate widths and cost backend (keys of cached evaluations, ``quant.selection``)."""
+        """Identifies everything a point's program, cost and proxy score depend on: name,
+        weights, calibration images, candidate widths, the cost table (so a change of any
+        protocol's declared cost changes it) and the sensitivity values. Keys of cached
+        evaluations (``quant.selection``)."""
         if not hasattr(self, "_fingerprint"):
             h = hashlib.sha256()
             h.update(repr((self.name, self.input_shape, self.backend, self.batch)).encode())
+            h.update(repr((self.wbits, self.abits, self.amortize, self.include_setup)).encode())
             for n in self.graph.layers:
                 h.update(n.name.encode())
                 h.update(n.weight.detach().numpy().tobytes())
                 h.update(n.bias.detach().numpy().tobytes())
             h.update(self.calib.numpy().tobytes())
+            for t in self.table.terms:
+                h.update(repr((t.scope, t.vars, t.ring)).encode())
+                h.update(np.ascontiguousarray(t.cost).tobytes())
+            for name, ring in sorted(self.table.rings.items()):
+                h.update(repr((name, ring.domain, [a.vars for a in ring.atoms])).encode())
+                for a in ring.atoms:
+                    h.update(np.ascontiguousarray(a.values).tobytes())
+            h.update(
+                repr(sorted((k, c.as_dict()) for k, c in self.table.constant.items())).encode()
+            )
+            h.update(json.dumps(self.sens.to_dict() | {"seconds": 0}, sort_keys=True).encode())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
+
+    def result(
+        self,
+        values: dict[str, int],
+        limits: dict[str, float],
+        objective: str = "sensitivity",
+        *,
+        rank: int = 0,
+        iterations: int = 0,
+        seconds: float = 0.0,
+        solver: dict | None = None,
+    ) -> SearchResult:
+        """A SearchResult for ``values`` (exact re-lowered cost, table cost, proxy score)."""
+        exact = self.exact(values)
+        return SearchResult(
+            self.assignment(values),
+            dict(values),
+            exact,
+            self.table.evaluate(values)[0],
+            self.sensitivity_of(values),
+            dict(limits),
+            objective,
+            self.metrics(exact),
+            iterations,
+            seconds,
+            dict(solver or {}),
+            rank,
+        )
 
     def quantize(self, values: dict[str, int], **kw) -> Quantized:
         """The quantize pipeline (what ``privquant.quantize`` runs) at ``values``; ``kw`` go to
@@ -732,26 +774,18 @@ class Searcher:
                     continue
                 accept((info["objective"], values, dict(info)))
         seconds = time.perf_counter() - t0
-        out = []
-        for rank, (_, values, sinfo) in enumerate(found):
-            exact = self.exact(values)
-            out.append(
-                SearchResult(
-                    self.assignment(values),
-                    values,
-                    exact,
-                    self.table.evaluate(values)[0],
-                    self.sensitivity_of(values),
-                    dict(limits),
-                    objective,
-                    self.metrics(exact),
-                    solves,
-                    seconds,
-                    sinfo,
-                    rank,
-                )
+        return [
+            self.result(
+                values,
+                limits,
+                objective,
+                rank=rank,
+                iterations=solves,
+                seconds=seconds,
+                solver=sinfo,
             )
-        return out
+            for rank, (_, values, sinfo) in enumerate(found)
+        ]
 
     def _infeasible(self, limits: dict[str, float], info: dict):
         parts = []

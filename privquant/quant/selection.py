@@ -255,7 +255,7 @@ def select(
     no evaluation."""
     log = log or (lambda s: None)
     t0 = time.perf_counter()
-    cands = searcher.candidates(limits, k=k, distance=distance if k > 1 else 1)
+    cands, cached = _candidates(searcher, limits, k, distance if k > 1 else 1, cache)
     t1 = time.perf_counter()
     report: dict = {
         "k": k,
@@ -267,6 +267,11 @@ def select(
         "chosen_rank": 0,
         "evaluations": 0,
         "seconds": {"enumerate": t1 - t0, "evaluate": 0.0},
+        "enumeration": {
+            "cached": cached,
+            "solves": cands[0].iterations,
+            "seconds": cands[0].seconds,
+        },
         "candidates": [],
     }
     if k == 1 or len(cands) == 1:
@@ -295,6 +300,40 @@ def select(
     report["chosen_rank"] = best.rank
     report["seconds"]["evaluate"] = time.perf_counter() - t1
     return best, report
+
+
+def _candidates(
+    searcher: Searcher, limits: dict[str, float], k: int, distance: int, cache: PointCache | None
+) -> tuple[list[SearchResult], bool]:
+    """``searcher.candidates``, remembered in ``cache`` (the MILP solves dominate a re-run)."""
+    parts = {"model": searcher.fingerprint(), "limits": sorted(limits.items()), "k": k}
+    parts["distance"] = distance
+    key = "c" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:31]
+    hit = None if cache is None else cache.get(key)
+    if hit is not None:
+        return [
+            searcher.result(
+                c["values"],
+                limits,
+                rank=i,
+                iterations=hit["iterations"],
+                seconds=hit["seconds"],
+                solver=c["solver"],
+            )
+            for i, c in enumerate(hit["candidates"])
+        ], True
+    cands = searcher.candidates(limits, k=k, distance=distance)
+    if cache is not None:
+        cache.put(
+            key,
+            {
+                "key": key,
+                "iterations": cands[0].iterations,
+                "seconds": cands[0].seconds,
+                "candidates": [{"values": c.values, "solver": c.solver} for c in cands],
+            },
+        )
+    return cands, False
 
 
 def _cand(c: SearchResult, score: float | None, cached: bool, seconds: dict | None = None):

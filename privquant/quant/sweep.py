@@ -166,6 +166,9 @@ def sweep(
             "seconds": sum(sum(s["seconds"].values()) for s in sels),
             "evaluations": sum(s["evaluations"] for s in sels),
             "budgets": len(sels),
+            "milp_solves": sum(s["enumeration"]["solves"] for s in sels),
+            "milp_seconds": sum(s["enumeration"]["seconds"] for s in sels),
+            "resumed_from_cache": sum(s["enumeration"]["cached"] for s in sels),
         },
         "seconds": {
             **searcher.seconds,
@@ -348,9 +351,13 @@ def markdown(
     sec = doc["seconds"]
     lines += [
         "",
-        f"Selection cost: {sc['evaluations']} candidate evaluations over {sc['budgets']} budgets, "
-        f"{sc['seconds']:.0f} s (MILP enumeration + selection QAT + validation). Sweep phases "
-        "(s): " + ", ".join(f"{k} {v:.1f}" for k, v in sec.items()) + ".",
+        f"Selection cost (this run): {sc['evaluations']} candidate evaluations over "
+        f"{sc['budgets']} budgets, {sc['seconds']:.0f} s (MILP enumeration + selection QAT + "
+        f"validation); the k-best enumerations took {sc['milp_solves']} MILP solves, "
+        f"{sc['milp_seconds']:.0f} s when computed ({sc['resumed_from_cache']} of them read back "
+        "from the cache in this run). Sweep phases (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sec.items())
+        + ".",
     ]
     lines += extra or []
     lines += ["", "Searched assignments (w/a per layer; candidates: proxy, MB, validation):", ""]
