@@ -342,7 +342,14 @@ class _Model:
             integrality=np.array(self.integ),
             bounds=Bounds(np.array(self.lb, float), np.array(self.ub, float)),
             constraints=LinearConstraint(A, lo, hi),
-            options={"time_limit": time_limit, "mip_rel_gap": gap, "disp": False},
+            # HiGHS's presolve removes almost nothing from these models and took ~30% of the CPU
+            # time of a resnet8 solve (7.3 s -> 5.2 s); the solver's restarts shrink it anyway
+            options={
+                "time_limit": time_limit,
+                "mip_rel_gap": gap,
+                "disp": False,
+                "presolve": False,
+            },
         )
         info = {
             "status": int(res.status),
