@@ -531,6 +531,8 @@ def cmd_search(args) -> None:
         raise PrivQuantError("--sweep traces MB budgets; it takes no other budget or objective")
     if (budgets or shares) and not args.sweep:
         raise PrivQuantError("--budgets and --extra-shares go with --sweep")
+    if args.anchor_uniform and not args.sweep:
+        raise PrivQuantError("--anchor-uniform goes with --sweep")
     if args.select_k > 1 and objective != "sensitivity":
         raise PrivQuantError("--select-k chooses among the best by sensitivity (no --objective)")
     cost_limits = [k for k in limits if k != "sensitivity"]
@@ -582,6 +584,7 @@ def cmd_search(args) -> None:
             select_k=args.select_k,
             select_recipe=select_recipe,
             distance=args.distance,
+            anchor_uniform=args.anchor_uniform,
             cache=cache,
             log=log,
         )
@@ -819,6 +822,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--distance", type=int, default=2, help="candidates differ in at least this many widths"
+    )
+    s.add_argument(
+        "--anchor-uniform",
+        action="store_true",
+        help="sweep: the widest uniform point that fits a budget is a candidate too",
     )
     s.add_argument(
         "--select-qat-epochs", type=int, default=1, help="QAT epochs per candidate (selection)"

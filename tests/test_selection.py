@@ -96,6 +96,15 @@ def test_select_takes_the_best_validation_score_and_caches(searcher, split, tmp_
     )
     assert rep2["evaluations"] == 0 and r2.values == r.values
     assert all(c["cached"] for c in rep2["candidates"])
+    # anchors join when they fit the budget (w8a8 does not), and compete on validation
+    anchors = {"w2a2": s.uniform_values(2, 2), "w8a8": s.uniform_values(8, 8)}
+    r3, rep3 = select(
+        s, {"mb": budget}, k=1, recipe=Recipe(), data=data, anchors=anchors, cache=cache
+    )
+    assert [c["source"] for c in rep3["candidates"]] == ["milp", "w2a2"]
+    best = max(rep3["candidates"], key=lambda c: c["val_fakequant_top1"])
+    assert rep3["chosen_source"] == best["source"] and rep3["found"] == 1
+    assert rep3["evaluations"] == 1  # the MILP optimum was cached above
     # k = 1 is the proxy's optimum without any evaluation
     r1, rep1 = select(s, {"mb": budget}, k=1, recipe=Recipe(), data=EvalData())
     assert rep1["evaluations"] == 0 and r1.values == s.search({"mb": budget}).values

@@ -246,25 +246,42 @@ def select(
     recipe: Recipe,
     data: EvalData,
     distance: int = 2,
+    anchors: dict[str, dict[str, int]] | None = None,
     cache: PointCache | None = None,
     log=None,
 ) -> tuple[SearchResult, dict]:
     """The best of the ``k`` best assignments under ``limits`` by validation top-1 after the
     selection ``recipe``; returns it and the selection's report (every candidate's proxy score,
     predicted MB and validation top-1; seconds; evaluations). ``k = 1``: the proxy's optimum,
-    no evaluation."""
+    no evaluation.
+
+    ``anchors`` (``{label: values}``, e.g. the uniform point that fits the budget) join the
+    candidates when their exact cost meets ``limits`` and the MILP did not already list them:
+    the choice is then never worse *on validation* than those baselines. The report names the
+    chosen candidate's source (``"milp"`` or the anchor's label)."""
     log = log or (lambda s: None)
     t0 = time.perf_counter()
     cands, cached = _candidates(searcher, limits, k, distance if k > 1 else 1, cache)
+    sources = ["milp"] * len(cands)
+    for label, values in (anchors or {}).items():
+        if any(c.values == values for c in cands):
+            sources[next(i for i, c in enumerate(cands) if c.values == values)] = f"milp={label}"
+            continue
+        r = searcher.result(values, limits, rank=len(cands))
+        if all(r.metrics[n] <= b * (1 + 1e-12) for n, b in limits.items() if n != "sensitivity"):
+            cands.append(r)
+            sources.append(label)
     t1 = time.perf_counter()
     report: dict = {
         "k": k,
         "distance": distance,
-        "found": len(cands),
+        "found": sources.count("milp") + sum(s.startswith("milp=") for s in sources),
+        "anchors": sorted(anchors or {}),
         "recipe": recipe.to_dict(),
         "score": "fake-quant top-1 on the validation split",
         "val_images": None if data.val is None else len(data.val),
         "chosen_rank": 0,
+        "chosen_source": sources[0],
         "evaluations": 0,
         "seconds": {"enumerate": t1 - t0, "evaluate": 0.0},
         "enumeration": {
@@ -274,32 +291,32 @@ def select(
         },
         "candidates": [],
     }
-    if k == 1 or len(cands) == 1:
-        c = cands[0]
-        report["candidates"] = [_cand(c, None, False)]
-        return c, report
+    if len(cands) == 1:
+        report["candidates"] = [_cand(cands[0], None, False, source=sources[0])]
+        return cands[0], report
     if data.val is None:
         raise PrivQuantError(
-            "choosing among k > 1 candidates needs the validation split (install "
+            "choosing among several candidates needs the validation split (install "
             "dataset-fashion-mnist; Fashion-MNIST models only)"
         )
-    best, best_score = cands[0], -1.0
-    for c in cands:
+    best, best_score = 0, -1.0
+    for i, c in enumerate(cands):
         p = train_point(
             searcher, c.values, recipe, data, evals=("val",), fast=True, cache=cache, progress=False
         )
         score = p["validation"]["fakequant_top1"]
         report["evaluations"] += not p["cached"]
-        report["candidates"].append(_cand(c, score, p["cached"], p["seconds"]))
+        report["candidates"].append(_cand(c, score, p["cached"], p["seconds"], sources[i]))
         log(
-            f"  candidate {c.rank}: {c.metrics['mb']:.4f} MB, proxy {c.sensitivity:.4g}, "
-            f"validation {score:.2f}%{' (cached)' if p['cached'] else ''}"
+            f"  candidate {c.rank} ({sources[i]}): {c.metrics['mb']:.4f} MB, proxy "
+            f"{c.sensitivity:.4g}, validation {score:.2f}%{' (cached)' if p['cached'] else ''}"
         )
-        if score > best_score:  # candidates come best proxy first: ties keep the better proxy
-            best, best_score = c, score
-    report["chosen_rank"] = best.rank
+        if score > best_score:  # best proxy first, anchors last: ties keep the better proxy
+            best, best_score = i, score
+    report["chosen_rank"] = cands[best].rank
+    report["chosen_source"] = sources[best]
     report["seconds"]["evaluate"] = time.perf_counter() - t1
-    return best, report
+    return cands[best], report
 
 
 def _candidates(
@@ -336,9 +353,16 @@ def _candidates(
     return cands, False
 
 
-def _cand(c: SearchResult, score: float | None, cached: bool, seconds: dict | None = None):
+def _cand(
+    c: SearchResult,
+    score: float | None,
+    cached: bool,
+    seconds: dict | None = None,
+    source: str = "milp",
+):
     return {
         "rank": c.rank,
+        "source": source,
         "sensitivity": c.sensitivity,
         "mb": c.metrics["mb"],
         "val_fakequant_top1": score,

@@ -4,9 +4,10 @@
 
 * every uniform point ``wBaB`` (B in both candidate sets);
 * a search at every budget (default: each uniform point's MB and the midpoints between
-  consecutive ones, plus ``extra_budgets``): the k best MILP assignments, the one with the best
-  validation top-1 after the selection recipe (``quant.selection.select``; ``k = 1``: the proxy's
-  optimum);
+  consecutive ones, plus ``extra_budgets``): the k best MILP assignments -- with
+  ``anchor_uniform`` also the widest uniform point that fits --, the one with the best
+  validation top-1 after the selection recipe (``quant.selection.select``; ``k = 1`` and no
+  anchor: the proxy's optimum);
 * every distinct point then fine-tuned with the same final recipe (QAT with frozen step sizes:
   the cost stays exactly the prediction) and scored on the validation and test splits.
 
@@ -54,6 +55,7 @@ def sweep(
     select_k: int = 1,
     select_recipe: Recipe | None = None,
     distance: int = 2,
+    anchor_uniform: bool = False,
     cache: PointCache | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict:
@@ -78,6 +80,9 @@ def sweep(
     t_sel = time.perf_counter()
     for budget in budgets:
         log(f"budget {budget:.4f} MB ({100 * budget / ref:.1f}% of w8a8)" if ref else "")
+        # anchor: the widest uniform point that fits the budget
+        fits = [(x, tag, v) for tag, v, x in uni if x <= budget * (1 + 1e-12)]
+        anchors = {max(fits)[1]: max(fits)[2]} if anchor_uniform and fits else None
         try:
             r, sel = select(
                 searcher,
@@ -86,6 +91,7 @@ def sweep(
                 recipe=select_recipe,
                 data=data,
                 distance=distance,
+                anchors=anchors,
                 cache=cache,
                 log=log,
             )
@@ -94,7 +100,8 @@ def sweep(
             searched.append({"kind": "searched", "budget_mb": budget, "error": str(e)})
             continue
         log(
-            f"  -> rank {r.rank} of {sel['found']}: {r.metrics['mb']:.4f} MB, proxy "
+            f"  -> rank {r.rank} ({sel['chosen_source']}) of {sel['found']}: "
+            f"{r.metrics['mb']:.4f} MB, proxy "
             f"{r.sensitivity:.4g} ({r.iterations} solve(s); selection "
             f"{sum(sel['seconds'].values()):.0f} s, {sel['evaluations']} evaluation(s))"
         )
@@ -154,6 +161,7 @@ def sweep(
         "recipe_label": recipe.label(),
         "select_k": select_k,
         "distance": distance,
+        "anchor_uniform": anchor_uniform,
         "select_recipe": select_recipe.to_dict(),
         "select_recipe_label": select_recipe.label(),
         "data": data.describe(),
@@ -272,7 +280,13 @@ def markdown(
         f"training images never used for calibration or QAT) and on the test split "
         f"({_f(d.get('test'), 'd')} images). Searched points: the best of the "
         f"{doc['select_k']} best MILP assignments (pairwise Hamming distance >= "
-        f"{doc['distance']}) by validation fake-quant top-1 after {doc['select_recipe_label']}. "
+        f"{doc['distance']})"
+        + (
+            " and the widest uniform point that fits (an anchor)"
+            if doc.get("anchor_uniform")
+            else ""
+        )
+        + f" by validation fake-quant top-1 after {doc['select_recipe_label']}. "
         f"MB = online + offline bits / 8e6 per inference (batch 1): the declared cost of the "
         f"point's final program (step sizes frozen: exactly the search's prediction, what "
         f"`privquant infer` measures)."
@@ -290,7 +304,10 @@ def markdown(
     for p in uni + srch:
         name = p["bits"] if p["kind"] == "uniform" else "searched"
         sel = p.get("selection")
-        rank = f"{sel['chosen_rank']} / {sel['found']}" if sel else ""
+        rank = ""
+        if sel:
+            src = sel.get("chosen_source", "milp")
+            rank = f"{sel['chosen_rank']} / {sel['found']}" + ("" if src == "milp" else f" ({src})")
         t = _top1(p, "test")
         lines.append(
             f"| {name} | {_f(p.get('budget_mb'), '.4f')} | {p['metrics']['mb']:.4f} | "
@@ -369,7 +386,8 @@ def markdown(
         )
         for c in p["selection"]["candidates"]:
             lines.append(
-                f"  - rank {c['rank']}: proxy {c['sensitivity']:.4g}, {c['mb']:.4f} MB, "
+                f"  - rank {c['rank']} ({c.get('source', 'milp')}): proxy "
+                f"{c['sensitivity']:.4g}, {c['mb']:.4f} MB, "
                 f"validation {_f(c['val_fakequant_top1'])}"
                 + (" **(chosen)**" if c["rank"] == p["selection"]["chosen_rank"] else "")
             )
