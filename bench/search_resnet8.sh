@@ -9,7 +9,9 @@
 # calibration and QAT); the best one is kept. Every point, uniform or searched, then gets the same
 # final recipe (QAT_EPOCHS epochs of QAT on the other 50k training images, step sizes frozen so the
 # cost is exactly the prediction) and is scored on validation and on the 10k test images
-# (needs dataset-fashion-mnist). Also: the resnet18-cifar search time at a binding budget.
+# (needs dataset-fashion-mnist). ANCHOR=1 (default): at each budget the widest uniform point that
+# fits is a candidate too (the choice is never worse than it on validation); ANCHOR=0: only the
+# MILP's k best. OUT=path/stem writes elsewhere. Also: the resnet18-cifar search time.
 #
 # Slow on a shared 2-core machine (hours: a QAT epoch of resnet8 is 3-7 min, an exact MILP solve
 # 10-60 s). Every evaluated point and every k-best enumeration is cached under $CACHE (keyed by
@@ -21,11 +23,12 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 QAT_EPOCHS=${QAT_EPOCHS:-1}
 SELECT_K=${SELECT_K:-4}
-SELECT_QAT_LIMIT=${SELECT_QAT_LIMIT:-4096}
+SELECT_QAT_LIMIT=${SELECT_QAT_LIMIT:-8192}
 CACHE=${CACHE:-out/search/cache}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-out=bench/search_resnet8
+out=${OUT:-bench/search_resnet8}
 extra=()
+[ "${ANCHOR:-1}" = 1 ] && extra+=(--anchor-uniform)
 if [ "${QUICK:-0}" = 1 ]; then
     extra+=(--quick)
     out=out/search/quick
