@@ -104,12 +104,17 @@ def test_select_takes_the_best_validation_score_and_caches(searcher, split, tmp_
     assert [c["source"] for c in rep3["candidates"]] == ["milp", "w2a2"]
     best = max(rep3["candidates"], key=lambda c: c["val_fakequant_top1"])
     assert rep3["chosen_source"] == best["source"] and rep3["found"] == 1
+    assert r3.values == (anchors["w2a2"] if best["source"] == "w2a2" else r1_values(s, budget))
     assert rep3["evaluations"] == 1  # the MILP optimum was cached above
     # k = 1 is the proxy's optimum without any evaluation
     r1, rep1 = select(s, {"mb": budget}, k=1, recipe=Recipe(), data=EvalData())
     assert rep1["evaluations"] == 0 and r1.values == s.search({"mb": budget}).values
     with pytest.raises(PrivQuantError, match="validation split"):
         select(s, {"mb": budget}, k=2, recipe=Recipe(), data=EvalData())
+
+
+def r1_values(s, budget):
+    return s.search({"mb": budget}).values
 
 
 def test_train_point_reports_both_splits_and_never_trains_on_them(searcher, split):
