@@ -549,34 +549,75 @@ def _floats(text: str, what: str) -> list[float]:
     return out
 
 
-def _search_data(args, shape):
-    """(train, test) for QAT and accuracy: Fashion-MNIST models only (None otherwise)."""
-    from privquant.errors import DataError
+QUICK = {  # --quick: small data and short fine-tuning, for tests and iteration
+    "qat_limit": 2048,
+    "select_qat_limit": 512,
+    "val_limit": 2000,
+    "eval_limit": 2000,
+    "hutchinson_iters": 8,
+}
 
+
+def _search_data(args, shape):
+    """EvalData for QAT, selection and accuracy: Fashion-MNIST models only (empty otherwise).
+
+    Fine-tuning images are the training split minus the validation split
+    (``models.data.train_val_split``); the test split (or the shipped sample) is for reporting."""
+    from privquant.errors import DataError
+    from privquant.models.data import train_val_split
+    from privquant.quant.selection import EvalData, Split
+
+    needs_train = args.qat_epochs > 0 or (args.select_k > 1 and args.select_qat_epochs > 0)
     if tuple(shape) != (1, 28, 28):
-        if args.qat_epochs > 0:
-            raise PrivQuantError(f"{args.model} is CIFAR-shaped: no training data for QAT here")
-        return None, None, None
-    train = None
-    if args.qat_epochs > 0:
-        train = _load_images("fashion-mnist", "train", args.qat_limit)
-    data = args.data
+        if needs_train or args.select_k > 1:
+            raise PrivQuantError(
+                f"{args.model} is CIFAR-shaped: no training or validation data for QAT or "
+                "selection here"
+            )
+        return EvalData(), None
+    if args.calib + args.val_size > 60000:
+        raise PrivQuantError("--calib + --val-size must leave the splits disjoint (<= 60000)")
+    data = EvalData()
     try:
-        test = _load_images(data, "test", args.eval_limit)
+        (tx, ty), (vx, vy) = train_val_split(args.val_size)
+        data.train = Split("train", tx, ty)
+        data.val = Split("val", vx, vy).head(args.val_limit)
     except DataError:
-        if data != "fashion-mnist":
+        if needs_train or args.select_k > 1:
             raise
-        data = "fashion-mnist-sample"
-        test = _load_images(data, "test", args.eval_limit)
-    return train, test, data
+    name = args.data
+    try:
+        test = _load_images(name, "test", args.eval_limit)
+    except DataError:
+        if name != "fashion-mnist":
+            raise
+        name = "fashion-mnist-sample"
+        test = _load_images(name, "test", args.eval_limit)
+    data.test = Split("test", *test)
+    return data, name
 
 
 def cmd_search(args) -> None:
     from privquant.quant import search as S
+    from privquant.quant import sweep as W
+    from privquant.quant.selection import PointCache, Recipe, select, train_point
     from privquant.quant.spec import BitAssignment
 
-    if args.qat_epochs < 0:
-        raise PrivQuantError("--qat-epochs must be >= 0")
+    if args.quick:
+        for k, v in QUICK.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    if args.hutchinson_iters is None:
+        args.hutchinson_iters = 32
+    if args.qat_epochs < 0 or args.select_qat_epochs < 0:
+        raise PrivQuantError("--qat-epochs and --select-qat-epochs must be >= 0")
+    if args.select_k < 1 or args.distance < 1:
+        raise PrivQuantError("--select-k and --distance must be >= 1")
+    for flag in ("qat_limit", "select_qat_limit", "val_limit", "eval_limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise PrivQuantError(f"--{flag.replace('_', '-')} must be >= 1")
+    if not 0 < args.val_size < 60000:
+        raise PrivQuantError("--val-size must be in 1..59999")
     limits: dict[str, float] = {}
     if args.budget_mb is not None:
         limits["mb"] = args.budget_mb
@@ -592,10 +633,15 @@ def cmd_search(args) -> None:
     if objective == "latency":
         objective = args.network
     budgets = _floats(args.budgets, "--budgets") if args.budgets else None
+    shares = _floats(args.extra_shares, "--extra-shares") if args.extra_shares else []
     if args.sweep and (limits or objective != "sensitivity"):
         raise PrivQuantError("--sweep traces MB budgets; it takes no other budget or objective")
-    if budgets and not args.sweep:
-        raise PrivQuantError("--budgets goes with --sweep")
+    if (budgets or shares) and not args.sweep:
+        raise PrivQuantError("--budgets and --extra-shares go with --sweep")
+    if args.anchor_uniform and not args.sweep:
+        raise PrivQuantError("--anchor-uniform goes with --sweep")
+    if args.select_k > 1 and objective != "sensitivity":
+        raise PrivQuantError("--select-k chooses among the best by sensitivity (no --objective)")
     cost_limits = [k for k in limits if k != "sensitivity"]
     if not args.sweep and objective == "sensitivity" and not cost_limits:
         raise PrivQuantError("give --budget-mb X (or --max-rounds / --budget-ms), or --sweep")
@@ -604,9 +650,14 @@ def cmd_search(args) -> None:
         raise PrivQuantError(f"output directory does not exist: {out.parent}")
     wbits = _bits_list(args.wbits, "--wbits")
     abits = _bits_list(args.abits, "--abits")
+    recipe = Recipe(args.qat_epochs, args.qat_lr, args.qat_limit, not args.learn_scales)
+    select_recipe = Recipe(
+        args.select_qat_epochs, args.qat_lr, args.select_qat_limit, not args.learn_scales
+    )
     model, shape, calib = _model_and_calib(args)
-    train, test, data = _search_data(args, shape)
+    data, test_name = _search_data(args, shape)
     progress = not args.json
+    cache = PointCache(args.cache) if args.cache else PointCache()
     searcher = S.Searcher(
         model,
         args.model,
@@ -630,48 +681,66 @@ def cmd_search(args) -> None:
             print(msg, file=sys.stderr, flush=True)
 
     if args.sweep:
-        table = S.sweep(
+        w8 = searcher.metric("mb").of(searcher.exact(searcher.uniform_values(8, 8)))
+        table = W.sweep(
             searcher,
+            recipe=recipe,
+            data=data,
             budgets=budgets,
-            qat_epochs=args.qat_epochs,
-            freeze_scales=not args.learn_scales,
-            train=train,
-            test=test,
+            extra_budgets=tuple(s * w8 / 100 for s in shares),
+            select_k=args.select_k,
+            select_recipe=select_recipe,
+            distance=args.distance,
+            anchor_uniform=args.anchor_uniform,
+            cache=cache,
             log=log,
         )
-        table.update(data=data, eval_images=None if test is None else len(test[0]))
+        table.update(test_data=test_name)
         png = out.with_suffix(".png")
         S.write_json(table, out)
-        if test is not None:
-            S.plot_front(table, png)
-        res = {"model": args.model, "out": str(out), "plot": str(png) if test else None, **table}
-        lines = [f"{'point':<22}{'MB':>9}{'top-1':>8}  bits"]
+        plotted = data.test is not None
+        if plotted:
+            W.plot_front(table, png)
+        res = {"model": args.model, "out": str(out), "plot": str(png) if plotted else None, **table}
+        lines = [f"{'point':<22}{'MB':>9}{'% w8a8':>8}{'proxy':>10}{'val':>7}{'test':>7}  kind"]
         for p in table["points"]:
             if "error" in p:
                 tag = f"budget {p['budget_mb']:.3f}"
-                lines.append(f"{tag:<22}{'-':>9}{'-':>8}  {p['error']}")
+                lines.append(f"{tag:<22}{'-':>9}  {p['error']}")
                 continue
-            acc = p["accuracy"].get("int_top1")
             tag = p["bits"] if p["kind"] == "uniform" else f"<= {p['budget_mb']:.3f} MB"
             lines.append(
-                f"{tag:<22}{p['metrics']['mb']:>9.4f}"
-                f"{'n/a' if acc is None else f'{acc:.2f}':>8}  {p['kind']}"
+                f"{tag:<22}{p['metrics']['mb']:>9.4f}{p.get('pct_w8a8', 0):>8.1f}"
+                f"{p['proxy']:>10.3g}{W._f(W._top1(p, 'val')):>7}{W._f(W._top1(p, 'test')):>7}"
+                f"  {p['kind']}"
             )
-        lines.append(f"wrote {out}" + (f" and {png}" if test is not None else ""))
+        ck = table["checks"]
+        if "front_ok" in ck:
+            lines.append(
+                f"front >= uniform - {ck['tolerance']} everywhere: "
+                f"{'yes' if ck['front_ok'] else 'no'}; within 1 point of FP32 at <= 55% of "
+                f"w8a8: {'yes' if ck.get('target_ok') else 'no'} (MILP minimum "
+                f"{ck.get('min_share', 0):.1f}%)"
+            )
+        lines.append(f"wrote {out}" + (f" and {png}" if plotted else ""))
         _emit(args, res, "\n".join(lines))
         return
-    r = searcher.search(limits, objective)
-    point = None
-    if test is not None or args.qat_epochs > 0:
-        point = searcher.trained_point(
-            r.values,
-            qat_epochs=args.qat_epochs,
-            train=train,
-            test=test,
-            qat_lr=args.qat_lr,
-            freeze_scales=not args.learn_scales,
+    if args.select_k > 1:
+        r, selection = select(
+            searcher,
+            limits,
+            k=args.select_k,
+            recipe=select_recipe,
+            data=data,
+            distance=args.distance,
+            cache=cache,
+            log=log,
         )
-        point.pop("artifact")
+    else:
+        r, selection = searcher.search(limits, objective), None
+    point = None
+    if data.test is not None or args.qat_epochs > 0:
+        point = train_point(searcher, r.values, recipe, data, cache=cache)
     doc = r.assignment.to_dict()
     doc["search"] = {k: v for k, v in r.to_dict().items() if k not in ("assignment",)}
     doc["search"].update(
@@ -682,6 +751,7 @@ def cmd_search(args) -> None:
         include_setup=args.include_setup,
         calib=args.calib,
         seed=args.seed,
+        selection=selection,
     )
     BitAssignment.from_dict(doc)  # what quantize --assignment will read
     S.write_json(doc, out)
@@ -696,8 +766,9 @@ def cmd_search(args) -> None:
         "limits": r.limits,
         "objective": r.objective,
         "solves": r.iterations,
+        "selection": selection,
         "seconds": {**searcher.seconds, "search": r.seconds},
-        "data": data,
+        "data": test_name,
         "trained": point,
     }
     m, c = r.metrics, r.predicted
@@ -708,12 +779,20 @@ def cmd_search(args) -> None:
         f"({c.online_bits / 8e6:.4f} + {c.offline_bits / 8e6:.4f}), setup {c.setup_bits / 8e6:.4f}"
         f" MB, {c.rounds} rounds, est. LAN {m['lan']:.1f} ms / WAN {m['wan']:.0f} ms"
     )
+    if selection is not None and selection["evaluations"]:
+        lines.append(
+            f"selected candidate {r.rank} of {selection['found']} by validation top-1 "
+            f"({selection['evaluations']} evaluation(s), "
+            f"{sum(selection['seconds'].values()):.0f} s)"
+        )
     if point is not None:
-        acc = point["accuracy"]
+        acc, val = point["accuracy"], point["validation"]
         after = f" (after {args.qat_epochs} QAT epoch(s): {point['metrics']['mb']:.4f} MB)"
+        if val:
+            lines.append(f"top-1 on {val['n']} validation images: {val['int_top1']:.2f}%")
         if acc:
             lines.append(
-                f"top-1 on {acc['n']} {data} test images: FP32 {acc['fp32_top1']:.2f}%  "
+                f"top-1 on {acc['n']} {test_name} test images: FP32 {acc['fp32_top1']:.2f}%  "
                 f"integer program {acc['int_top1']:.2f}%" + (after if args.qat_epochs else "")
             )
     else:
@@ -826,6 +905,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--budget-mb", type=float, help="online+offline MB per inference")
     s.add_argument("--sweep", action="store_true", help="accuracy-vs-MB front (JSON + PNG)")
     s.add_argument("--budgets", help="sweep budgets in MB (comma-separated); default: uniform MBs")
+    s.add_argument(
+        "--extra-shares", help="also sweep these budgets, in %% of uniform w8a8's MB (e.g. 55)"
+    )
     s.add_argument("--max-rounds", type=int, help="bound on the summed per-layer rounds")
     s.add_argument("--budget-ms", type=float, help="bound on the estimated online latency")
     s.add_argument("--network", default="lan", choices=["lan", "wan"])
@@ -839,7 +921,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wbits", default="2,3,4,6,8", help="candidate weight bit widths")
     s.add_argument("--abits", default="2,3,4,6,8", help="candidate activation bit widths")
     s.add_argument("--sensitivity", default="hessian", choices=["hessian", "measured"])
-    s.add_argument("--hutchinson-iters", type=int, default=32)
+    s.add_argument("--hutchinson-iters", type=int, default=None, help="default 32 (--quick: 8)")
     s.add_argument("--include-setup", action="store_true", help="add setup bits / --amortize")
     s.add_argument("--amortize", type=int, default=100, help="inferences per model load")
     s.add_argument("--batch", type=int, default=1, help="images per private inference")
@@ -852,11 +934,53 @@ def build_parser() -> argparse.ArgumentParser:
         help="QAT also learns step sizes (better accuracy; the cost then moves off the "
         "prediction and is re-measured); default: frozen, the prediction stays exact",
     )
-    s.add_argument("--qat-limit", type=int, default=None, help="QAT on the first N train images")
+    s.add_argument(
+        "--qat-limit", type=int, default=None, help="QAT on the first N fine-tuning images"
+    )
+    s.add_argument(
+        "--select-k",
+        type=int,
+        default=1,
+        help="choose among the K best MILP assignments by validation top-1 (default 1: the "
+        "proxy's optimum)",
+    )
+    s.add_argument(
+        "--distance", type=int, default=2, help="candidates differ in at least this many widths"
+    )
+    s.add_argument(
+        "--anchor-uniform",
+        action="store_true",
+        help="sweep: the widest uniform point that fits a budget is a candidate too",
+    )
+    s.add_argument(
+        "--select-qat-epochs", type=int, default=1, help="QAT epochs per candidate (selection)"
+    )
+    s.add_argument(
+        "--select-qat-limit",
+        type=int,
+        default=None,
+        help="selection QAT on the first N fine-tuning images (default: all)",
+    )
+    s.add_argument(
+        "--val-size",
+        type=int,
+        default=10000,  # models.data.VALIDATION_SIZE (kept literal: the CLI imports lazily)
+        help="validation images carved out of the training split",
+    )
+    s.add_argument("--val-limit", type=int, default=None, help="score on N validation images")
     s.add_argument(
         "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
     )
     s.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
+    s.add_argument(
+        "--cache", help="directory of evaluated points (a re-run skips what is already there)"
+    )
+    s.add_argument(
+        "--quick",
+        action="store_true",
+        help="small data and short fine-tuning (tests, iteration): "
+        + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
+    )
     s.add_argument("--time-limit", type=float, default=120.0, help="MILP seconds per solve")
     s.add_argument("--table", help="also write the cost table (JSON) here")
     s.add_argument("--seed", type=int, default=0)

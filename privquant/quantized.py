@@ -7,7 +7,6 @@ fake-quant and integer-program accuracy on the same images and be served private
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,15 +21,13 @@ from privquant.program import (
     Program,
     op_from_dict,
     op_to_dict,
-    output_logits,
     run_plain,
     tensors_from_dict,
     tensors_to_dict,
 )
-from privquant.quant.calibrate import calibrate, qat
 from privquant.quant.fakequant import QModel
 from privquant.quant.graph import QGraph, QNode, capture
-from privquant.quant.lower import lower
+from privquant.quant.pipeline import check_calibration, evaluate, quantize_graph
 from privquant.quant.spec import BitAssignment, LayerBits, parse_bits
 
 
@@ -76,27 +73,9 @@ class QuantizedModel:
     @torch.no_grad()
     def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
         """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images."""
-        if len(images) != len(labels) or len(images) == 0:
-            raise PrivQuantError("evaluate needs the same non-zero number of images and labels")
-        fp, fq = self.qmodel("float"), self.qmodel("quant")
-        hits = {"fp32": 0, "fakequant": 0, "int": 0}
-        agree = 0
-        for i in range(0, len(images), batch_size):
-            x, y = images[i : i + batch_size], labels[i : i + batch_size]
-            xf = x.float() / 255.0
-            p_fp = fp(xf).argmax(1)
-            p_fq = fq(xf).argmax(1)
-            p_int = output_logits(self.program, run_plain(self.program, x)).argmax(1)
-            hits["fp32"] += int((p_fp == y).sum())
-            hits["fakequant"] += int((p_fq == y).sum())
-            hits["int"] += int((p_int == y).sum())
-            agree += int((p_fq == p_int).sum())
-        n = len(images)
-        return {
-            "n": n,
-            **{f"{k}_top1": 100.0 * v / n for k, v in hits.items()},
-            "fakequant_int_agreement": 100.0 * agree / n,
-        }
+        return evaluate(
+            self.qmodel("float"), self.qmodel("quant"), self.program, images, labels, batch_size
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> str:
@@ -222,42 +201,19 @@ def quantize(
         name = type(model).__name__.lower()
     if input_shape is None:
         input_shape = tuple(calib_images.shape[1:])
-    calib_images = torch.as_tensor(calib_images)
-    if calib_images.dim() == 0 or len(calib_images) == 0:
-        raise PrivQuantError("quantization needs at least one calibration image")
-    if calib_images.dtype != torch.uint8 or tuple(calib_images.shape[1:]) != tuple(input_shape):
-        raise PrivQuantError(
-            f"calibration images must be uint8 of shape (N, {', '.join(map(str, input_shape))})"
-        )
-    assignment = _as_assignment(bits)
-    t0 = time.perf_counter()
-    graph = capture(model, name, tuple(input_shape))
-    qm = QModel(graph, assignment)
-    calibrate(qm, calib_images)
-    info: dict = {"calibration_images": len(calib_images), "qat_epochs": 0}
-    if graph.notes:
-        info["notes"] = list(graph.notes)
-    if qat_epochs > 0:
-        if train_images is None or train_labels is None:
-            raise PrivQuantError("QAT needs training images and labels")
-        scales = [*qm.w_scales.values(), *qm.a_scales.values()]
-        for p in scales if freeze_scales else ():
-            p.requires_grad_(False)  # no gradient: the optimizer leaves them untouched
-        try:
-            qat(qm, train_images, train_labels, epochs=qat_epochs, lr=qat_lr, progress=progress)
-        finally:
-            for p in scales:
-                p.requires_grad_(True)
-        info.update(qat_epochs=qat_epochs, qat_images=len(train_images), qat_lr=qat_lr)
-        if freeze_scales:
-            info["qat_scales"] = "frozen"
-
-    qm.eval()
-    program = lower(qm)
-    program.meta.update(bits=assignment.to_dict())
-    info["seconds"] = round(time.perf_counter() - t0, 2)
-    state = {k: v.detach().clone() for k, v in qm.state_dict().items()}
-    return QuantizedModel(graph, assignment, state, program, info)
+    calib_images = check_calibration(calib_images, tuple(input_shape))
+    q = quantize_graph(
+        capture(model, name, tuple(input_shape)),
+        calib_images,
+        _as_assignment(bits),
+        train_images=train_images,
+        train_labels=train_labels,
+        qat_epochs=qat_epochs,
+        qat_lr=qat_lr,
+        freeze_scales=freeze_scales,
+        progress=progress,
+    )
+    return QuantizedModel(q.graph, q.bits, q.state(), q.program, q.info)
 
 
 def load(path: str | Path) -> QuantizedModel:

@@ -35,6 +35,7 @@ from privquant.quant.costtable import (
 from privquant.quant.graph import capture
 from privquant.quant.lower import lower
 from privquant.quant.search import ScalarTerm, Searcher, metric, scalar_value, solve
+from privquant.quant.selection import EvalData, Recipe, Split, train_point
 from privquant.quant.sensitivity import sensitivity
 from privquant.quant.spec import BitAssignment, LayerBits
 
@@ -331,7 +332,8 @@ def test_sensitivity_estimates(lenet):
 def test_cli_search_then_quantize(tmp_path, capsys):
     out = tmp_path / "a.json"
     args = ["search", "--model", "lenet5", "--budget-mb", "0.42", "--wbits", "2,4,8"]
-    args += ["--abits", "2,4,8", "--eval-limit", "50", "--out", str(out), "--json"]
+    args += ["--abits", "2,4,8", "--eval-limit", "50", "--val-limit", "50"]
+    args += ["--out", str(out), "--json"]
     assert cli.main(args) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["predicted_metrics"]["mb"] <= 0.42
@@ -380,7 +382,8 @@ def test_cli_search_errors(tmp_path, capsys):
 def test_cli_sweep_writes_table_and_plot(tmp_path, capsys):
     out = tmp_path / "front.json"
     args = ["search", "--model", "lenet5", "--sweep", "--wbits", "2,8", "--abits", "2,8"]
-    args += ["--budgets", "0.3,0.4", "--eval-limit", "40", "--out", str(out), "--json"]
+    args += ["--budgets", "0.3,0.4", "--eval-limit", "40", "--val-limit", "40"]
+    args += ["--out", str(out), "--json"]
     assert cli.main(args) == 0
     res = json.loads(capsys.readouterr().out)
     table = json.loads(out.read_text())
@@ -455,9 +458,85 @@ def test_qat_with_frozen_scales_keeps_the_predicted_cost(lenet_searcher, sample)
     s = lenet_searcher
     r = s.search({"mb": s.metric("mb").of(s.exact(s.uniform_values(4, 4)))})
     images, labels = sample
-    p = s.trained_point(r.values, qat_epochs=1, train=(images[:256], labels[:256]))
+    data = EvalData(train=Split("train", images[:256], labels[:256]))
+    p = train_point(s, r.values, Recipe(qat_epochs=1), data, keep=True, progress=False)
     assert p["qat_scales"] == "frozen"
     assert Cost(**p["cost"]) == r.predicted
-    ptq = s._exact[tuple(sorted(r.values.items()))][1]
-    assert not torch.equal(p["artifact"].qstate["weights.fc1"], ptq.qstate["weights.fc1"])
-    assert torch.equal(p["artifact"].qstate["a_scales.conv1"], ptq.qstate["a_scales.conv1"])
+    ptq, qat = s.ptq(r.values)[1].state(), p["quantized"].state()
+    assert not torch.equal(qat["weights.fc1"], ptq["weights.fc1"])
+    assert torch.equal(qat["a_scales.conv1"], ptq["a_scales.conv1"])
+
+
+# ---------------------------------------------------------------------- k best
+def hamming(a: dict[str, int], b: dict[str, int]) -> int:
+    return sum(a[v] != b[v] for v in a)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("dist", [1, 2])
+def test_k_best_by_no_good_cuts_equals_brute_force(seed, dist):
+    """Re-solving with the accepted points' Hamming neighbourhoods cut off yields, in order, the
+    best remaining assignment at distance >= dist from every accepted one (brute force)."""
+    table, scalars = synthetic_table(seed)
+    mb = metric("mb")
+    feasible = []
+    for cfg in itertools.product(*table.domains.values()):
+        values = dict(zip(table.domains, cfg))
+        with contextlib.suppress(PrivQuantError):
+            feasible.append((mb.of(table.evaluate(values)[0]), values))
+    bound = sorted(x for x, _ in feasible)[len(feasible) // 2]
+    pool = [(scalar_value(scalars, table, v), v) for x, v in feasible if x <= bound]
+    want, got = [], []
+    for _ in range(4):
+        rest = [p for p in pool if all(hamming(p[1], w) >= dist for _, w in want)]
+        want.append(min(rest, key=lambda p: p[0]))
+        values, info = solve(
+            table, scalars, limits=[(mb, bound)], exclude=[(v, dist) for _, v in got]
+        )
+        got.append((info["objective"], values))
+    assert [g[0] for g in got] == pytest.approx([w[0] for w in want], rel=1e-9)
+    assert [g[1] for g in got] == [w[1] for w in want]
+    for i, j in itertools.combinations(range(4), 2):
+        assert hamming(got[i][1], got[j][1]) >= dist
+
+
+def test_candidates_are_the_k_best_under_the_exact_budget(lenet_searcher):
+    s = lenet_searcher
+    hi = s.metric("mb").of(s.exact(s.uniform_values(8, 8)))
+    lo = s.metric("mb").of(s.exact(s.uniform_values(2, 2)))
+    budget = (hi + lo) / 2
+    cs = s.candidates({"mb": budget}, k=4, distance=2)
+    assert [c.rank for c in cs] == [0, 1, 2, 3]
+    assert [c.sensitivity for c in cs] == sorted(c.sensitivity for c in cs)
+    for c in cs:
+        assert c.metrics["mb"] <= budget and c.predicted == s.exact(c.values)
+    for a, b in itertools.combinations(cs, 2):
+        assert hamming(a.values, b.values) >= 2
+    assert cs[0].values == s.search({"mb": budget}).values
+    with pytest.raises(PrivQuantError, match="k >= 1"):
+        s.candidates({"mb": budget}, k=0)
+
+
+def test_latency_metric_is_the_baselines_model():
+    """One latency model: the search's lan/wan metrics are baselines.latency.estimate (its
+    networks, rounds * RTT/2) without the measured compute term."""
+    from privquant.baselines import latency
+
+    c = Cost(online_bits=123_456_789, offline_bits=5, setup_bits=7, rounds=61)
+    for name in ("lan", "wan"):
+        est = latency.estimate(0.0, c.online_bits, c.rounds, latency.NETWORKS[name])
+        assert metric(name).of(c) == pytest.approx(1e3 * est["seconds"], rel=1e-12)
+
+
+def test_search_does_not_import_the_public_api():
+    """quant.search builds programs through quant.pipeline, not through privquant.quantize."""
+    import ast
+    import inspect
+
+    from privquant.quant import search as S
+
+    for node in ast.walk(ast.parse(inspect.getsource(S))):
+        if isinstance(node, ast.Import):
+            assert all(a.name != "privquant" for a in node.names)
+        if isinstance(node, ast.ImportFrom) and node.module == "privquant":
+            assert all(a.name not in ("quantize", "quantized") for a in node.names)

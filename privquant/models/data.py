@@ -6,6 +6,12 @@ normalization); the integer program sees the uint8 image itself, at scale 1/255.
 The full dataset comes from the Debian package ``dataset-fashion-mnist`` (IDX files in
 ``/usr/share/datasets/fashion-mnist``, overridable with ``PRIVQUANT_FMNIST_DIR``). The first 500
 test images ship with the package as ``samples/fashion_mnist_test_500.npz``.
+
+Validation split (:func:`train_val_split`): ``VALIDATION_SIZE`` (10,000) images of the *training*
+split, the last ones of the seeded permutation ``SPLIT_SEED`` whose first images are the
+calibration images (``models.calibration``), so the two are disjoint while ``calib + validation
+<= 60,000``; the remaining 50,000 (in file order) are what fine-tuning may use. Model selection
+reads the validation images only; the test split stays for the final report.
 """
 
 from __future__ import annotations
@@ -118,6 +124,35 @@ def load_fashion_mnist(
     if labels.size and labels.max() > 9:
         raise DataError(f"Fashion-MNIST labels in {lbl_path} exceed 9")
     return torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
+
+
+VALIDATION_SIZE = 10000
+SPLIT_SEED = 0  # the permutation models.calibration takes its images from (its first ones)
+
+
+def train_permutation(n_train: int) -> torch.Tensor:
+    """The seeded permutation of the training indices shared by calibration and validation."""
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(SPLIT_SEED))
+
+
+def validation_indices(n_train: int = 60000, size: int = VALIDATION_SIZE) -> torch.Tensor:
+    """Training indices of the validation split (sorted): the permutation's last ``size``."""
+    if not 0 < size < n_train:
+        raise DataError(f"validation size must be in 1..{n_train - 1}, got {size}")
+    return train_permutation(n_train)[-size:].sort().values
+
+
+def train_val_split(
+    size: int = VALIDATION_SIZE, directory: str | Path | None = None
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``((train_images, train_labels), (val_images, val_labels))`` from the Fashion-MNIST
+    training split: ``size`` validation images (:func:`validation_indices`) and the rest, both in
+    file order. Raises DataError without the full dataset."""
+    images, labels = load_fashion_mnist("train", directory=directory)
+    val = validation_indices(len(images), size)
+    keep = torch.ones(len(images), dtype=torch.bool)
+    keep[val] = False
+    return (images[keep], labels[keep]), (images[val], labels[val])
 
 
 def load_sample(limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:

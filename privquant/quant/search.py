@@ -12,8 +12,10 @@ Metrics are linear in the protocols' declared cost fields (``Cost``):
   ``setup / amortize`` (setup traffic is paid once per model load);
 * ``rounds``: the sum of the per-layer rounds (an upper bound of the session depth, which can
   overlap consecutive layers by one message; ``protocols.channel``);
-* ``lan`` / ``wan``: estimated online latency in ms, ``online_bits / bandwidth + rounds * delay``
-  (:data:`NETWORKS`).
+* ``lan`` / ``wan``: estimated online latency in ms, ``online_bits / bandwidth + rounds * RTT/2``:
+  the one latency model of the project (``privquant.baselines.latency``: its networks -- LAN
+  1 Gbit/s 0.5 ms RTT, WAN 400 Mbit/s 40 ms RTT -- and its ``estimate`` without the measured
+  compute term).
 
 The MILP (``scipy.optimize.milp``, HiGHS) is exact for the cost table, not an approximation of it:
 
@@ -33,28 +35,35 @@ The MILP (``scipy.optimize.milp``, HiGHS) is exact for the cost table, not an ap
 
 So every feasible MILP point is an assignment with its exact table cost, and the optimum is the
 optimum over all assignments (tests compare with brute force). The table uses calibration scales
-frozen per bit width (``costtable``); ``Searcher.search`` then lowers the chosen assignment through
-``privquant.quantize`` (PTQ, the same calibration images) and reports *that* program's declared
-cost -- what ``privquant infer`` measures -- as the prediction. When the re-lowered cost exceeds
-the budget (calibration picks slightly different scales for mixed assignments: measured on random
-resnet8 assignments, -0.3%..+3% of the cost, mostly under 1%), the assignment is excluded by a
-no-good cut, the table-side bound is tightened by the overshoot and the MILP is solved again;
-budget left unused by the re-lowering is offered back the same way (a few solves at most).
+frozen per bit width (``costtable``); ``Searcher.candidates`` then builds every solution with the
+quantize pipeline (``quant.pipeline``: what ``privquant.quantize`` runs; PTQ, the same calibration
+images) and reports *that* program's declared cost -- what ``privquant infer`` measures -- as the
+prediction. When the re-lowered cost exceeds the budget (calibration picks slightly different
+scales for mixed assignments: measured on random resnet8 assignments, -0.3%..+3% of the cost,
+mostly under 1%), the assignment is excluded by a no-good cut, the table-side bound is tightened
+by the overshoot and the MILP is solved again; budget left unused by the re-lowering is offered
+back the same way (a few solves at most).
 
-Fine-tuning (``Searcher.trained_point``, ``privquant quantize --freeze-scales``) is QAT from the
-FP32 weights with calibration's step sizes frozen by default: every public integer of the program
-and therefore its cost stays exactly the prediction (learning the step sizes too,
+k best: ``Searcher.candidates(k=K, distance=D)`` keeps solving after the optimum, cutting off every
+accepted assignment's Hamming neighbourhood of radius ``D - 1`` (``sum_v y[v, b_v] <= n - D``), so
+it returns the K best assignments by the objective that meet the limits exactly and differ
+pairwise in at least D widths. ``quant.selection`` chooses among them by validation accuracy;
+``quant.sweep`` traces the accuracy-vs-MB front.
+
+Fine-tuning (``quant.selection.train_point``, ``privquant quantize --freeze-scales``) is QAT from
+the FP32 weights with calibration's step sizes frozen by default: every public integer of the
+program and therefore its cost stays exactly the prediction (learning the step sizes too,
 ``--learn-scales``, gained ~0.2 point of top-1 on resnet8 and moved the cost by up to ~2%).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +72,7 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import Bounds, LinearConstraint, milp
 
+from privquant.baselines.latency import NETWORKS
 from privquant.errors import PrivQuantError
 from privquant.protocols.primitives.cost import Cost
 from privquant.quant.costtable import (
@@ -79,6 +89,7 @@ from privquant.quant.costtable import (
     wvar,
 )
 from privquant.quant.graph import QGraph, capture
+from privquant.quant.pipeline import Quantized, check_calibration, quantize_graph
 from privquant.quant.sensitivity import Sensitivity, sensitivity
 from privquant.quant.spec import BitAssignment, LayerBits
 
@@ -86,15 +97,6 @@ MB = 8e6  # bits per (decimal) megabyte
 DEFAULT_AMORTIZE = 100
 
 
-@dataclass(frozen=True)
-class Network:
-    bandwidth_bps: float
-    delay_ms: float  # one message hop (a round)
-
-
-# Estimates for the latency metrics: LAN 1 Gbit/s and 0.5 ms per round, WAN 100 Mbit/s and 40 ms
-# per round (common settings in the 2PC inference literature; only online traffic counts).
-NETWORKS = {"lan": Network(1e9, 0.5), "wan": Network(1e8, 40.0)}
 METRICS = ("mb", "rounds", "lan", "wan")
 
 
@@ -119,8 +121,9 @@ def metric(name: str, *, amortize: int = DEFAULT_AMORTIZE, include_setup: bool =
     if name == "rounds":
         return Metric("rounds", (0.0, 0.0, 0.0, 1.0), "rounds")
     if name in NETWORKS:
+        # privquant.baselines.latency.estimate without its measured compute term
         n = NETWORKS[name]
-        return Metric(name, (1e3 / n.bandwidth_bps, 0.0, 0.0, n.delay_ms), "ms")
+        return Metric(name, (1e3 / n.bandwidth_bps, 0.0, 0.0, 1e3 * n.rtt_s / 2), "ms")
     raise PrivQuantError(f"unknown metric {name!r}; choose from {list(METRICS)}")
 
 
@@ -303,7 +306,7 @@ class _Model:
         self,
         objective: Metric | None,
         limits: list[tuple[Metric | None, float]],
-        exclude: list[dict[str, int]],
+        exclude: list[dict[str, int] | tuple[dict[str, int], int]],
         *,
         time_limit: float,
         gap: float,
@@ -313,9 +316,11 @@ class _Model:
         for m, bound in limits:
             expr, const = (self.scalar_expr, self.scalar_const) if m is None else self.linear(m)
             rows.append((expr, -np.inf, bound - const))
-        for values in exclude:
+        for item in exclude:
+            # no-good cut: at least `dist` variables differ from `values` (Hamming distance)
+            values, dist = item if isinstance(item, tuple) else (item, 1)
             cut = {self.y[v][self.table.domains[v].index(b)]: 1.0 for v, b in values.items()}
-            rows.append((cut, -np.inf, len(cut) - 1))
+            rows.append((cut, -np.inf, len(cut) - dist))
         obj_expr = self.scalar_expr if objective is None else self.linear(objective)[0]
         c = np.zeros(n)
         for col, v in obj_expr.items():
@@ -337,7 +342,14 @@ class _Model:
             integrality=np.array(self.integ),
             bounds=Bounds(np.array(self.lb, float), np.array(self.ub, float)),
             constraints=LinearConstraint(A, lo, hi),
-            options={"time_limit": time_limit, "mip_rel_gap": gap, "disp": False},
+            # HiGHS's presolve removes almost nothing from these models and took ~30% of the CPU
+            # time of a resnet8 solve (7.3 s -> 5.2 s); the solver's restarts shrink it anyway
+            options={
+                "time_limit": time_limit,
+                "mip_rel_gap": gap,
+                "disp": False,
+                "presolve": False,
+            },
         )
         info = {
             "status": int(res.status),
@@ -364,15 +376,17 @@ def solve(
     objective: Metric | None = None,
     limits: dict | None = None,
     max_scalar: float | None = None,
-    exclude: list[dict[str, int]] | None = None,
+    exclude: list[dict[str, int] | tuple[dict[str, int], int]] | None = None,
     time_limit: float = 120.0,
     gap: float = 1e-6,
     model: _Model | None = None,
 ) -> tuple[dict[str, int] | None, dict]:
     """Optimal variable values for ``table``: minimize ``objective`` (a Metric, or the scalar
     terms -- the sensitivity -- when None) subject to ``metric <= bound`` for every
-    ``(Metric, bound)`` in ``limits`` and ``sum scalars <= max_scalar``. Returns ``(values,
-    info)``; ``values`` is None when infeasible (``info['status']`` says why)."""
+    ``(Metric, bound)`` in ``limits`` and ``sum scalars <= max_scalar``, outside every excluded
+    assignment (``values``, or ``(values, d)``: every point within Hamming distance ``d - 1`` of
+    ``values`` is excluded too). Returns ``(values, info)``; ``values`` is None when infeasible
+    (``info['status']`` says why)."""
     scalars = scalars or []
     if objective is None and not scalars:
         raise PrivQuantError("minimizing the sensitivity needs sensitivity terms")
@@ -420,7 +434,7 @@ class SearchResult:
 
     assignment: BitAssignment
     values: dict[str, int]
-    predicted: Cost  # declared cost of the program privquant.quantize builds (PTQ)
+    predicted: Cost  # declared cost of the program the quantize pipeline builds (PTQ)
     table_cost: Cost  # the cost table's value (frozen scales)
     sensitivity: float
     limits: dict[str, float]
@@ -429,6 +443,7 @@ class SearchResult:
     iterations: int
     seconds: float
     solver: dict = field(default_factory=dict)
+    rank: int = 0  # 0: the MILP optimum; i: the i-th next best (``Searcher.candidates``)
 
     def to_dict(self) -> dict:
         return {
@@ -442,14 +457,16 @@ class SearchResult:
             "iterations": self.iterations,
             "seconds": self.seconds,
             "solver": self.solver,
+            "rank": self.rank,
         }
 
 
 class Searcher:
     """Graph, calibration, cost table and sensitivity of one model; solves for any budget.
 
-    ``model`` is the float ``nn.Module``; ``calib`` the uint8 calibration images given to
-    ``privquant.quantize`` (so predictions are exact for what ``quantize`` builds).
+    ``model`` is the float ``nn.Module``; ``calib`` the uint8 calibration images given to the
+    quantize pipeline (``quant.pipeline``, what ``privquant.quantize`` runs), so predictions are
+    exact for what ``quantize`` builds.
     """
 
     def __init__(
@@ -474,7 +491,7 @@ class Searcher:
     ):
         t0 = time.perf_counter()
         self.model, self.name, self.input_shape = model, name, tuple(input_shape)
-        self.calib = calib
+        self.calib = check_calibration(calib, self.input_shape)
         self.backend, self.batch = backend, batch
         self.amortize, self.include_setup = amortize, include_setup
         self.time_limit = time_limit
@@ -508,7 +525,7 @@ class Searcher:
             )
         self.scalars = sensitivity_terms(self.table, self.sens)
         self._model = _Model(self.table, self.scalars)
-        self._exact: dict[tuple, tuple[Cost, object]] = {}
+        self._exact: dict[tuple, tuple[Cost, Quantized]] = {}
         self.seconds = {
             "scales": t1 - t0,
             "cost_table": t2 - t1,
@@ -529,28 +546,85 @@ class Searcher:
     def uniform_values(self, w: int, a: int) -> dict[str, int]:
         return self.table.bitvars.values(BitAssignment.uniform(LayerBits(w, a)))
 
-    def quantize(self, values: dict[str, int], **kw):
-        import privquant
+    def fingerprint(self) -> str:
+        """Identifies everything a point's program, cost and proxy score depend on: name,
+        weights, calibration images, candidate widths, the cost table (so a change of any
+        protocol's declared cost changes it) and the sensitivity values. Keys of cached
+        evaluations (``quant.selection``)."""
+        if not hasattr(self, "_fingerprint"):
+            h = hashlib.sha256()
+            h.update(repr((self.name, self.input_shape, self.backend, self.batch)).encode())
+            h.update(repr((self.wbits, self.abits, self.amortize, self.include_setup)).encode())
+            for n in self.graph.layers:
+                h.update(n.name.encode())
+                h.update(n.weight.detach().numpy().tobytes())
+                h.update(n.bias.detach().numpy().tobytes())
+            h.update(self.calib.numpy().tobytes())
+            for t in self.table.terms:
+                h.update(repr((t.scope, t.vars, t.ring)).encode())
+                h.update(np.ascontiguousarray(t.cost).tobytes())
+            for name, ring in sorted(self.table.rings.items()):
+                h.update(repr((name, ring.domain, [a.vars for a in ring.atoms])).encode())
+                for a in ring.atoms:
+                    h.update(np.ascontiguousarray(a.values).tobytes())
+            h.update(
+                repr(sorted((k, c.as_dict()) for k, c in self.table.constant.items())).encode()
+            )
+            h.update(json.dumps(self.sens.to_dict() | {"seconds": 0}, sort_keys=True).encode())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
 
-        return privquant.quantize(
-            self.model,
+    def result(
+        self,
+        values: dict[str, int],
+        limits: dict[str, float],
+        objective: str = "sensitivity",
+        *,
+        rank: int = 0,
+        iterations: int = 0,
+        seconds: float = 0.0,
+        solver: dict | None = None,
+    ) -> SearchResult:
+        """A SearchResult for ``values`` (exact re-lowered cost, table cost, proxy score)."""
+        exact = self.exact(values)
+        return SearchResult(
+            self.assignment(values),
+            dict(values),
+            exact,
+            self.table.evaluate(values)[0],
+            self.sensitivity_of(values),
+            dict(limits),
+            objective,
+            self.metrics(exact),
+            iterations,
+            seconds,
+            dict(solver or {}),
+            rank,
+        )
+
+    def quantize(self, values: dict[str, int], **kw) -> Quantized:
+        """The quantize pipeline (what ``privquant.quantize`` runs) at ``values``; ``kw`` go to
+        :func:`quant.pipeline.quantize_graph` (QAT data and settings)."""
+        return quantize_graph(
+            self.graph,
             self.calib,
             self.assignment(values),
-            name=self.name,
-            input_shape=self.input_shape,
             progress=kw.pop("progress", self.progress),
             **kw,
         )
 
     def exact(self, values: dict[str, int]) -> Cost:
-        """Declared cost of the program ``privquant.quantize`` builds (PTQ) for ``values``."""
+        """Declared cost of the program the quantize pipeline builds (PTQ) for ``values``."""
+        return self.ptq(values)[0]
+
+    def ptq(self, values: dict[str, int]) -> tuple[Cost, Quantized]:
         key = tuple(sorted(values.items()))
         if key not in self._exact:
             with single_thread():
-                art = self.quantize(values, progress=False)
-            total, _ = program_cost(art.program, batch=self.batch, backend=self.backend)
-            self._exact[key] = (total, art)
-        return self._exact[key][0]
+                q = self.quantize(values, progress=False)
+            total, _ = program_cost(q.program, batch=self.batch, backend=self.backend)
+            self._exact[key] = (total, q)
+        return self._exact[key]
 
     def sensitivity_of(self, values: dict[str, int]) -> float:
         return scalar_value(self.scalars, self.table, values)
@@ -585,69 +659,140 @@ class Searcher:
         slack_tol: float = 2e-3,
     ) -> SearchResult:
         """Best assignment under ``limits`` (``{metric or 'sensitivity': bound}``) whose *exact*
-        re-lowered cost meets them.
+        re-lowered cost meets them (:meth:`candidates` with ``k = 1``)."""
+        return self.candidates(limits, objective, k=1, max_iters=max_iters, slack_tol=slack_tol)[0]
 
-        Each round solves the MILP on the table, re-lowers the solution (``exact``) and cuts it
-        off; a violation tightens the table-side bound by the table's under-estimate, unused
-        budget (more than ``slack_tol`` of a bound) is offered back. At most ``max_iters``
-        solves; the best point whose exact cost meets every limit is returned."""
+    def candidates(
+        self,
+        limits: dict[str, float],
+        objective: str = "sensitivity",
+        *,
+        k: int = 1,
+        distance: int = 1,
+        max_iters: int = 6,
+        slack_tol: float = 2e-3,
+    ) -> list[SearchResult]:
+        """The ``k`` best assignments (by the objective, best first) under ``limits`` whose exact
+        re-lowered cost meets them, pairwise at Hamming distance >= ``distance`` (variables that
+        differ; 1: merely distinct).
+
+        Each round solves the MILP on the table, re-lowers the solution (:meth:`exact`) and cuts
+        it off. A violation tightens the table-side bound by the table's under-estimate and cuts
+        only that point. Phase 1 finds the best point: budget left unused by the re-lowering
+        (more than ``slack_tol`` of a bound) is offered back and the MILP re-solved, until the
+        next solution is no better or ``max_iters`` solves. Phase 2 (``k > 1``) keeps the bound
+        where phase 1 left it: every accepted point cuts its Hamming neighbourhood of radius
+        ``distance - 1``, so each solve yields the next best assignment far enough from every
+        accepted one (k-best by no-good cuts), until ``k`` points or ``max_iters + 2 (k - 1)``
+        more solves."""
         t0 = time.perf_counter()
-        for k in limits:
-            if k != "sensitivity" and k not in METRICS:
-                raise PrivQuantError(f"unknown limit {k!r}; choose from {list(METRICS)}")
-        if objective == "sensitivity" and not any(k != "sensitivity" for k in limits):
+        if k < 1 or distance < 1:
+            raise PrivQuantError("need k >= 1 candidates at Hamming distance >= 1")
+        for name in limits:
+            if name != "sensitivity" and name not in METRICS:
+                raise PrivQuantError(f"unknown limit {name!r}; choose from {list(METRICS)}")
+        if objective == "sensitivity" and not any(n != "sensitivity" for n in limits):
             raise PrivQuantError("give a budget (e.g. --budget-mb) to minimize the sensitivity")
         eff = dict(limits)
-        exclude: list[dict[str, int]] = []
-        best: tuple[float, dict[str, int], dict] | None = None
+        exclude: list[tuple[dict[str, int], int]] = []
+        found: list[tuple[float, dict[str, int], dict]] = []
         info: dict = {}
-        it = 0
-        for it in range(1, max_iters + 1):  # noqa: B007
-            values, info = self.solve(eff, objective, exclude=exclude)
-            if values is None:
-                break
-            if best is not None and info["objective"] >= best[0] - 1e-12 * abs(best[0]):
-                break  # nothing left under the raised bound beats the best feasible point
+        solves = 0
+
+        def check(values) -> tuple[dict, dict]:
+            """Limits the exact cost violates ({name: (exact, table)}) and each one's slack."""
             exact = self.exact(values)
             tab = self.table.evaluate(values)[0]
             over, slack = {}, {}
-            for k, bound in limits.items():
-                if k == "sensitivity":
+            for name, bound in limits.items():
+                if name == "sensitivity":
                     continue
-                m = self.metric(k)
+                m = self.metric(name)
                 if m.of(exact) > bound * (1 + 1e-12):
-                    over[k] = (m.of(exact), m.of(tab))
+                    over[name] = (m.of(exact), m.of(tab))
                 else:
-                    slack[k] = bound - m.of(exact)
-            exclude.append(values)
-            if over:  # the table under-estimated by e - t here: tighten its bound, cut the point
-                for k, (e, t) in over.items():
-                    eff[k] = min(eff[k], limits[k] - (e - t)) - 1e-9 * abs(limits[k])
-                continue
-            best = (info["objective"], values, dict(info))
-            if objective != "sensitivity" or all(
-                v <= slack_tol * limits[k] for k, v in slack.items()
-            ):
+                    slack[name] = bound - m.of(exact)
+            return over, slack
+
+        def tighten(values, over) -> None:  # the table under-estimated by e - t here
+            exclude.append((values, 1))
+            for name, (e, t) in over.items():
+                eff[name] = min(eff[name], limits[name] - (e - t)) - 1e-9 * abs(limits[name])
+
+        # phase 1: the best point (budget unused by the re-lowering is offered back)
+        best: tuple[float, dict[str, int], dict] | None = None
+        pool: list[tuple[float, dict[str, int], dict]] = []  # accepted, then superseded
+        pending = None  # the solution phase 1 stopped at: phase 2's first
+        while solves < max_iters:
+            values, info = self.solve(eff, objective, exclude=exclude)
+            solves += 1
+            if values is None:
                 break
-            for k, v in slack.items():  # re-lowering left budget unused: offer it back
-                eff[k] += v
+            if best is not None and info["objective"] >= best[0] - 1e-12 * abs(best[0]):
+                pending = (values, info)
+                break  # nothing left under the raised bound beats the best feasible point
+            over, slack = check(values)
+            if over:
+                tighten(values, over)
+                continue
+            exclude.append((values, 1))
+            if best is not None:
+                pool.append(best)
+            best = (info["objective"], values, dict(info))
+            big = {n: v for n, v in slack.items() if v > slack_tol * limits[n]}
+            if objective != "sensitivity" or not big:
+                break
+            for name, v in big.items():
+                eff[name] += v
         if best is None:
             self._infeasible(limits, info)
-        _, values, info = best
-        exact = self.exact(values)
-        return SearchResult(
-            self.assignment(values),
-            values,
-            exact,
-            self.table.evaluate(values)[0],
-            self.sensitivity_of(values),
-            dict(limits),
-            objective,
-            self.metrics(exact),
-            it,
-            time.perf_counter() - t0,
-            info,
-        )
+        found.append(best)
+
+        def accept(item) -> None:
+            if all(_hamming(item[1], f[1]) >= distance for f in found):
+                found.append(item)
+                exclude.append((item[1], distance))
+
+        # phase 2: the next best, at distance >= `distance` from every accepted point; points
+        # phase 1 accepted and then superseded join in objective order (the MILP excludes them)
+        if k > 1:
+            exclude.append((best[1], distance))
+            pool.sort(key=lambda f: f[0])
+            limit2 = solves + max_iters + 2 * (k - 1)
+            while len(found) < k:
+                if pending is not None:
+                    (values, info), pending = pending, None
+                elif solves < limit2:
+                    values, info = self.solve(eff, objective, exclude=exclude)
+                    solves += 1
+                else:
+                    values = None
+                while (
+                    pool and len(found) < k and (values is None or pool[0][0] <= info["objective"])
+                ):
+                    accept(pool.pop(0))
+                if values is None or len(found) >= k:
+                    break
+                if any(_hamming(values, f[1]) < distance for f in found):
+                    continue  # inside a neighbourhood cut added after this solve
+                over, _ = check(values)
+                if over:
+                    tighten(values, over)
+                    continue
+                accept((info["objective"], values, dict(info)))
+        seconds = time.perf_counter() - t0
+        return [
+            self.result(
+                values,
+                limits,
+                objective,
+                rank=rank,
+                iterations=solves,
+                seconds=seconds,
+                solver=sinfo,
+            )
+            for rank, (_, values, sinfo) in enumerate(found)
+        ]
 
     def _infeasible(self, limits: dict[str, float], info: dict):
         parts = []
@@ -663,48 +808,6 @@ class Searcher:
         raise PrivQuantError(
             "no bit assignment meets " + " and ".join(parts) + f" [solver: {info.get('message')}]"
         )
-
-    def trained_point(
-        self,
-        values: dict[str, int],
-        *,
-        qat_epochs: int = 0,
-        train: tuple[torch.Tensor, torch.Tensor] | None = None,
-        test: tuple[torch.Tensor, torch.Tensor] | None = None,
-        qat_lr: float = 1e-4,
-        freeze_scales: bool = True,
-    ) -> dict:
-        """Fine-tune (QAT from the FP32 weights, the same calibration) and evaluate one
-        assignment. With ``freeze_scales`` (default) QAT keeps calibration's step sizes, so the
-        final program's cost is exactly the search's prediction; otherwise LSQ also learns them
-        and the cost moves (typically by under 2%). The returned cost is always the final
-        program's declared cost."""
-        t0 = time.perf_counter()
-        if qat_epochs > 0:
-            if train is None:
-                raise PrivQuantError("QAT needs training images and labels")
-            art = self.quantize(
-                values,
-                train_images=train[0],
-                train_labels=train[1],
-                qat_epochs=qat_epochs,
-                qat_lr=qat_lr,
-                freeze_scales=freeze_scales,
-            )
-        else:
-            self.exact(values)
-            art = self._exact[tuple(sorted(values.items()))][1]
-        total, _ = program_cost(art.program, batch=self.batch, backend=self.backend)
-        acc = art.evaluate(*test) if test is not None else {}
-        return {
-            "cost": total.as_dict(),
-            "metrics": self.metrics(total),
-            "accuracy": acc,
-            "qat_epochs": qat_epochs,
-            "qat_scales": "frozen" if freeze_scales or not qat_epochs else "learned",
-            "seconds": time.perf_counter() - t0,
-            "artifact": art,
-        }
 
 
 def search(
@@ -735,131 +838,8 @@ def search(
     return Searcher(model, name, input_shape, calib, **kw).search(lim, objective)
 
 
-# ---------------------------------------------------------------------- sweep
-def uniform_bits(wbits, abits) -> list[int]:
-    """The uniform ``wBaB`` points available in both candidate sets, widest first."""
-    return sorted(set(wbits) & set(abits), reverse=True)
-
-
-def sweep(
-    searcher: Searcher,
-    *,
-    budgets: list[float] | None = None,
-    qat_epochs: int = 0,
-    freeze_scales: bool = True,
-    train=None,
-    test=None,
-    log: Callable[[str], None] | None = None,
-) -> dict:
-    """Accuracy-vs-MB front: searched assignments at ``budgets`` (default: every uniform point's
-    MB and the midpoints between consecutive ones) next to the uniform ``wBaB`` points.
-
-    Every distinct assignment is fine-tuned once (``qat_epochs``) and evaluated on ``test``;
-    its MB is the exact declared cost of its final program (after QAT).
-    """
-    log = log or (lambda s: None)
-    mb = searcher.metric("mb")
-    uni = []
-    for b in uniform_bits(searcher.wbits, searcher.abits):
-        v = searcher.uniform_values(b, b)
-        uni.append((f"w{b}a{b}", v, mb.of(searcher.exact(v))))
-    if budgets is None:
-        pts = sorted(x for _, _, x in uni)
-        budgets = sorted(set(pts) | {(a + b) / 2 for a, b in itertools.pairwise(pts)})
-    searched = []
-    for budget in budgets:
-        try:
-            r = searcher.search({"mb": budget})
-        except PrivQuantError as e:
-            log(f"budget {budget:.4f} MB: {e}")
-            searched.append({"budget_mb": budget, "error": str(e)})
-            continue
-        log(
-            f"budget {budget:.4f} MB -> predicted {r.metrics['mb']:.4f} MB, "
-            f"sensitivity {r.sensitivity:.4g} ({r.iterations} solve(s), {r.seconds:.1f} s)"
-        )
-        searched.append({"budget_mb": budget, "result": r})
-    trained: dict[tuple, dict] = {}
-
-    def point(values):
-        key = tuple(sorted(values.items()))
-        if key not in trained:
-            p = searcher.trained_point(
-                values, qat_epochs=qat_epochs, train=train, test=test, freeze_scales=freeze_scales
-            )
-            p.pop("artifact")
-            trained[key] = p
-            acc = p["accuracy"].get("int_top1")
-            log(
-                f"  trained: {p['metrics']['mb']:.4f} MB, top-1 "
-                f"{'n/a' if acc is None else f'{acc:.2f}'} ({p['seconds']:.0f} s)"
-            )
-        return trained[key]
-
-    rows = []
-    for tag, v, x in uni:
-        log(f"uniform {tag}: {x:.4f} MB")
-        rows.append({"kind": "uniform", "bits": tag, "ptq_mb": x, **point(v)})
-    for s in searched:
-        if "error" in s:
-            rows.append({"kind": "searched", "budget_mb": s["budget_mb"], "error": s["error"]})
-            continue
-        r: SearchResult = s["result"]
-        log(f"searched at {s['budget_mb']:.4f} MB")
-        rows.append(
-            {
-                "kind": "searched",
-                "budget_mb": s["budget_mb"],
-                "ptq_mb": r.metrics["mb"],
-                "search": r.to_dict(),
-                **point(r.values),
-            }
-        )
-    return {
-        "model": searcher.name,
-        "candidates": {"w": list(searcher.wbits), "a": list(searcher.abits)},
-        "sensitivity": searcher.sens.method,
-        "qat_epochs": qat_epochs,
-        "qat_scales": "frozen" if freeze_scales else "learned",
-        "amortize": searcher.amortize,
-        "include_setup": searcher.include_setup,
-        "points": rows,
-        "seconds": dict(searcher.seconds),
-    }
-
-
-def plot_front(table: dict, path: str | Path) -> None:
-    """Accuracy (integer program top-1) vs MB: uniform points and the searched front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for kind, style in (("uniform", "s--"), ("searched", "o-")):
-        pts = [
-            (p["metrics"]["mb"], p["accuracy"].get("int_top1"), p.get("bits"))
-            for p in table["points"]
-            if p["kind"] == kind and "metrics" in p and p["accuracy"].get("int_top1") is not None
-        ]
-        pts.sort()
-        if not pts:
-            continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=kind)
-        for x, y, tag in pts:
-            if tag:
-                ax.annotate(tag, (x, y), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    fp = [p["accuracy"].get("fp32_top1") for p in table["points"] if p.get("accuracy")]
-    if fp and fp[0] is not None:
-        ax.axhline(fp[0], color="gray", lw=0.8, ls=":", label="FP32")
-    ax.set_xlabel("communication per inference, online + offline (MB)")
-    ax.set_ylabel("top-1 (%)")
-    ax.set_title(f"{table['model']}: mixed precision vs uniform (QAT {table['qat_epochs']} ep)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def _hamming(a: dict[str, int], b: dict[str, int]) -> int:
+    return sum(a[v] != b[v] for v in a)
 
 
 def write_json(obj: dict, path: str | Path) -> None:
@@ -876,16 +856,14 @@ def _jsonable(o):
 
 __all__ = [
     "METRICS",
-    "NETWORKS",
     "Metric",
     "ScalarTerm",
     "SearchResult",
     "Searcher",
     "metric",
-    "plot_front",
     "search",
     "sensitivity_terms",
+    "single_thread",
     "solve",
-    "sweep",
-    "uniform_bits",
+    "write_json",
 ]
