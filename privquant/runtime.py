@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from privquant import ops
 from privquant.errors import PrivQuantError
+from privquant.ops.argmax import output_program
 from privquant.program import Program, check_input, ring_bits
 from privquant.protocols.preprocessing.dealer import establish_seeds, make_provider
 from privquant.protocols.transport.channel import CLIENT, DEALER, SERVER, Party
@@ -135,8 +136,9 @@ def run_role(
 
 
 # ------------------------------------------------------------------------------------ sessions
-# Output policies this runtime can execute. The lead's secure argmax adds "label" / "topk:K".
-OUTPUT_POLICIES = ("logits",)
+# Output policies this runtime can execute (``topk`` is written ``topk:K``): the argmax op is
+# appended per policy by ``privquant.ops.argmax.output_program``.
+OUTPUT_POLICIES = ("label", "topk", "logits")
 PREPROCESSING_MODES = ("dealer",)
 
 
@@ -155,7 +157,9 @@ class Session:
 
     ``Session(party, program, ...)``; :meth:`setup` distributes the seeds and runs every
     protocol's setup (the masked weights) once; :meth:`infer` runs one inference of ``batch``
-    samples (the client passes ``x``). Inside an inference each layer's preprocessing is made
+    samples (the client passes ``x``). ``output`` is the output policy (``label``, ``topk:K`` or
+    ``logits``): every role executes :func:`~privquant.ops.argmax.output_program` of the public
+    program, so the session's ``program`` includes the policy's argmax op. Inside an inference each layer's preprocessing is made
     just before its online step (the dealer walks the same sequence and only sends), and every
     activation is freed after its last reader, so memory follows the widest layer, not the
     network. Traffic and rounds are exactly those of :func:`run_role` for the same batch
@@ -180,11 +184,7 @@ class Session:
                 f"preprocessing {preprocessing!r} is not available in this build "
                 f"(available: {', '.join(PREPROCESSING_MODES)})"
             )
-        if output not in OUTPUT_POLICIES:
-            raise PrivQuantError(
-                f"output policy {output!r} is not available in this build "
-                f"(available: {', '.join(OUTPUT_POLICIES)})"
-            )
+        program = output_program(program, output)  # checks the policy against the program
         if party.rank == SERVER and not program.has_weights:
             raise PrivQuantError("the server needs the full program (with weights)")
         self.party, self.program, self.backend = party, program, backend
@@ -217,7 +217,8 @@ class Session:
         self.seconds["setup"] = time.perf_counter() - t0
 
     def infer(self, batch: int, x: torch.Tensor | None = None) -> RoleResult:
-        """One inference of ``batch`` samples; the client's result holds the logits."""
+        """One inference of ``batch`` samples; the client's result (``.logits``) holds what the
+        output policy opens: the logits, or the ``k`` indices per sample (``label``/``topk:K``)."""
         if self.states is None:
             raise PrivQuantError("Session.setup() must run before infer()")
         party, program, rank = self.party, self.program, self.party.rank

@@ -9,13 +9,24 @@ all dispatch through :func:`get`.
 from __future__ import annotations
 
 from privquant.errors import PrivQuantError
-from privquant.ops import conv2d, flatten, input_, linear, maxpool, neg, output, requant, sumpool
+from privquant.ops import (
+    argmax,
+    conv2d,
+    flatten,
+    input_,
+    linear,
+    maxpool,
+    neg,
+    output,
+    requant,
+    sumpool,
+)
 from privquant.ops.base import OpKind
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.base import Protocol
 from privquant.protocols.primitives.cost import Cost
 
-MODULES = (input_, conv2d, linear, sumpool, maxpool, flatten, neg, requant, output)
+MODULES = (input_, conv2d, linear, sumpool, maxpool, flatten, neg, requant, argmax, output)
 KINDS: dict[str, OpKind] = {m.KIND.name: m.KIND for m in MODULES}
 #: float-graph node kinds (``privquant.quant``), each defined in the op module it lowers to
 GRAPH_KINDS: dict[str, GraphKind] = {
