@@ -157,13 +157,15 @@ class Session:
 
     ``Session(party, program, ...)``; :meth:`setup` distributes the seeds and runs every
     protocol's setup (the masked weights) once; :meth:`infer` runs one inference of ``batch``
-    samples (the client passes ``x``). ``output`` is the output policy (``label``, ``topk:K`` or
-    ``logits``): every role executes :func:`~privquant.ops.argmax.output_program` of the public
-    program, so the session's ``program`` includes the policy's argmax op. Inside an inference each layer's preprocessing is made
+    samples (the client passes ``x``). Inside an inference each layer's preprocessing is made
     just before its online step (the dealer walks the same sequence and only sends), and every
     activation is freed after its last reader, so memory follows the widest layer, not the
     network. Traffic and rounds are exactly those of :func:`run_role` for the same batch
     (phases have separate clocks); the per-layer scopes accumulate over inferences.
+
+    ``output`` is the output policy (``label``, ``topk:K`` or ``logits``): every role runs
+    :func:`~privquant.ops.argmax.output_program` of its program, so ``self.program`` includes
+    the policy's argmax op.
     """
 
     def __init__(

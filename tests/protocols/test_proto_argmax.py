@@ -1,0 +1,126 @@
+"""Secure argmax / top-k: the network selects, the protocol is exact, measured == declared."""
+
+import itertools
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from proto_testlib import assert_cost, share
+
+from privquant.errors import PrivQuantError
+from privquant.ops.argmax import plain_topk
+from privquant.protocols.argmax import ARGMAX, ArgmaxSig, network
+from privquant.protocols.harness import run_protocol
+from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.ring import signed_bits
+
+
+@pytest.mark.parametrize("classes", range(1, 11))
+def test_network_selects_top_k_of_every_01_input(classes):
+    # 0-1 principle: a comparator network selects the k largest of any input iff it does so
+    # for every 0/1 input; distinct keys (value, -index) make the expected order unique
+    for k in range(1, classes + 1):
+        net = network(classes, k)
+        for bits in itertools.product((0, 1), repeat=classes):
+            keys = [b * classes + (classes - 1 - i) for i, b in enumerate(bits)]
+            assert net.run(keys) == sorted(keys, reverse=True)[:k], (classes, k, bits)
+
+
+@pytest.mark.parametrize("classes,k", [(10, 1), (10, 3), (16, 5), (37, 4), (100, 1), (100, 10)])
+def test_network_random_permutations(classes, k):
+    net = network(classes, k)
+    g = torch.Generator().manual_seed(classes * 100 + k)
+    for _ in range(50):
+        perm = torch.randperm(classes, generator=g).tolist()
+        assert net.run(perm) == sorted(perm, reverse=True)[:k]
+
+
+@pytest.mark.parametrize("classes", [2, 3, 7, 10, 33, 100])
+def test_argmax_network_is_the_tournament(classes):
+    net = network(classes, 1)
+    assert net.comparators == classes - 1
+    assert len(net.layers) == math.ceil(math.log2(classes))
+    assert net.final == (False,) * (len(net.layers) - 1) + (True,)
+
+
+@st.composite
+def cases(draw):
+    classes = draw(st.integers(1, 12))
+    k = draw(st.integers(1, classes))
+    scale = draw(st.sampled_from([1, 1, 1, 1000, 1 << 20, 1 << 40]))
+    lo = draw(st.integers(-40, 20)) * scale
+    hi = lo + draw(st.integers(0, 60)) * scale + draw(st.integers(0, 3))
+    ell_in = signed_bits(lo - hi, hi - lo) + draw(st.integers(0, 3))
+    ell_out = signed_bits(0, classes - 1) + draw(st.sampled_from([0, 0, 1, 4]))
+    n = draw(st.integers(1, 4))
+    ties = draw(st.booleans())
+    return classes, k, lo, hi, min(ell_in, 62), ell_out, n, ties
+
+
+@settings(deadline=None, max_examples=120)
+@given(case=cases(), seed=st.integers(0, 2**31), dealer=st.sampled_from(["simulated", "thread"]))
+def test_topk_exact_and_cost(case, seed, dealer):
+    classes, k, lo, hi, ell_in, ell_out, n, ties = case
+    sig = ArgmaxSig(n, classes, k, lo, hi, ell_in, ell_out)
+    if sig.ell_diff + ell_out > 62:
+        with pytest.raises(PrivQuantError):
+            _ = sig.ell
+        return
+    g = torch.Generator().manual_seed(seed)
+    if ties:  # few distinct values: many equal logits, ties broken by lower index
+        vals = torch.tensor([lo, hi, (lo + hi) // 2])
+        x = vals[torch.randint(0, 3, (n, classes), generator=g)]
+    else:
+        x = torch.randint(lo, hi + 1, (n, classes), generator=g)
+    x.view(-1)[0] = hi
+    x.view(-1)[-1] = lo
+    x0, x1 = share(x, ell_in, seed)
+    run = run_protocol(ARGMAX, sig, (x0,), (x1,), dealer=dealer, master=seed)
+    y = ring.reconstruct(run.out0, run.out1, ell_out)
+    assert torch.equal(y, plain_topk(x, k))
+    assert_cost(run, ARGMAX.cost(sig))
+
+
+def test_all_equal_and_extreme_rings():
+    # every logit equal (ties everywhere) at the widest ring the packing allows
+    lo, hi = -(1 << 55), (1 << 55) - 1
+    sig = ArgmaxSig(3, 10, 4, lo, hi, 62, 5)
+    assert sig.ell == 62
+    for x in (torch.full((3, 10), hi), torch.full((3, 10), lo), torch.tensor([[lo, hi] * 5] * 3)):
+        x0, x1 = share(x, 62, 7)
+        run = run_protocol(ARGMAX, sig, (x0,), (x1,), dealer="thread")
+        assert torch.equal(ring.reconstruct(run.out0, run.out1, 5), plain_topk(x, 4))
+        assert_cost(run, ARGMAX.cost(sig))
+
+
+def test_cost_formula_tournament():
+    # label over 10 classes: 9 comparators in 4 layers, each layer = open + comparison + select
+    from privquant.protocols import compare
+
+    n, C, lo, hi = 5, 10, -100, 100
+    sig = ArgmaxSig(n, C, 1, lo, hi, 9, 5)
+    L = signed_bits(lo - hi, hi - lo) + 5
+    assert sig.ell == L == 14
+    online = offline = rounds = 0
+    for m, ls in zip((5, 2, 1, 1), (L, L, L, 5)):
+        nl = n * m
+        grp = compare.Group(nl, 0, (L - 1,))
+        u, gates = compare.counts([grp])
+        online += 2 * nl * L + 2 * u + 2 * nl
+        offline += nl * L + gates + nl * grp.monomials + 2 * nl * ls
+        rounds += 1 + grp.depth + 1
+    c = ARGMAX.cost(sig)
+    assert (c.online_bits, c.offline_bits, c.setup_bits, c.rounds) == (online, offline, 0, rounds)
+
+
+def test_signature_checks():
+    with pytest.raises(PrivQuantError, match="differences"):
+        _ = ArgmaxSig(1, 10, 1, 0, 15, 4, 5).ell
+    with pytest.raises(PrivQuantError, match="indices"):
+        _ = ArgmaxSig(1, 10, 1, 0, 15, 6, 4).ell
+    with pytest.raises(PrivQuantError, match="top-k"):
+        network(4, 5)
+    with pytest.raises(PrivQuantError, match="ring width"):
+        _ = ArgmaxSig(1, 10, 1, -(1 << 58), 1 << 58, 62, 5).ell
