@@ -7,6 +7,8 @@ For one artifact (or a model name, quantized here) it measures, with real proces
                               protocols (``--unfused``), isolating what fusion saves;
 * ``privquant-uniform-N``  -- the same float model re-quantized at uniform ``wNaN``
                               (``--uniform-bits N``, PTQ), isolating what low/mixed precision saves;
+* ``privquant-label``      -- (``--outputs label,topk:K``) the client learns only the label (or
+                              the top-K) by secure argmax instead of the logits (``privquant``);
 * ``crypten``              -- CrypTen-native (float model, 64-bit fixed point, TTP), measured on
                               the wire (:mod:`privquant.baselines.crypten_native`);
 
@@ -45,6 +47,7 @@ class BenchConfig:
     networks: tuple[str, ...] = ("lan", "wan")
     emulate: bool = True
     images: int = 1
+    outputs: tuple[str, ...] = ("label",)  # output policies measured beside the logits
     crypten_images: int | None = None  # default: same as images
     sirnn_width: int = 16
     timeout: float = 600.0
@@ -228,6 +231,11 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
             raise PrivQuantError(f"--uniform-bits must be 2..16, got {b}")
     if cfg.images < 1:
         raise PrivQuantError("--images must be at least 1")
+    from privquant.ops.argmax import policy_k
+
+    for output in cfg.outputs:
+        if policy_k(output) is None:
+            raise PrivQuantError("--outputs lists label or topk:K (the logits row is privquant)")
     t_start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="privquant-bench-") as tmp,
@@ -258,6 +266,14 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
                 "privquant-unfused", r["report"], "measured: 3 processes, loopback, --unfused"
             )
             checks["privquant-unfused"] = r["identical"]
+        for output in cfg.outputs:
+            name = f"privquant-{output.replace(':', '')}"
+            _say(cfg, name)
+            r = infer_local(art_path, x, backend="privquant", timeout=timeout, output=output)
+            results[name] = from_comm_report(
+                name, r["report"], f"measured: 3 processes, loopback, output policy {output}"
+            )
+            checks[name] = r["identical"]
         uniform_acc = {}
         for ub in cfg.uniform_bits:
             name = f"privquant-uniform-{ub}"
@@ -512,8 +528,9 @@ def markdown(report: dict) -> str:
 
 
 def _rank(name: str) -> tuple[int, str]:
-    for i, prefix in enumerate(("privquant", "privquant-unfused", "privquant-uniform", "crypten")):
-        if name == prefix or (prefix.endswith("uniform") and name.startswith(prefix)):
+    prefixes = ("privquant", "privquant-label", "privquant-topk", "privquant-unfused")
+    for i, prefix in enumerate((*prefixes, "privquant-uniform", "crypten")):
+        if name == prefix or (prefix.endswith(("uniform", "topk")) and name.startswith(prefix)):
             return i, name
     return 9, name
 

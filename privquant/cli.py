@@ -225,6 +225,7 @@ def cmd_infer(args) -> None:
         timeout=args.timeout,
         progress=not args.json,
         chunk=args.chunk,
+        output=args.output,
     )
     rep = res.pop("report")
     res["comm"] = rep.as_dict()
@@ -238,7 +239,10 @@ def cmd_infer(args) -> None:
     print(f"model {res['model']}, {n} image(s), preprocessing: {rep.preprocessing}")
     print(f"label(s):           {res['labels']}")
     print(f"plaintext label(s): {res['plain_labels']}")
-    print(f"logits identical to the plaintext integer program: {res['identical']}")
+    if "topk" in res:
+        print(f"top-k (largest first): {res['topk']}")
+    what = "logits" if args.output == "logits" else f"output ({args.output})"
+    print(f"{what} identical to the plaintext integer program: {res['identical']}")
     print(
         f"per image: online {t['online_bits'] / 8e6 / n:.4f} MB, offline "
         f"{t['offline_bits'] / 8e6 / n:.4f} MB; setup (once per model load) "
@@ -355,7 +359,10 @@ def cmd_client(args) -> None:
         seconds=summary.seconds,
         files=names,
     )
-    _emit(args, res, f"label(s): {res['labels']}")
+    text = f"label(s): {res['labels']}"
+    if "topk" in res:
+        text += f"\ntop-k (largest first): {res['topk']}"
+    _emit(args, res, text)
 
 
 def cmd_keygen(args) -> None:
@@ -404,6 +411,7 @@ def cmd_bench(args) -> None:
         networks=nets,
         emulate=not args.no_emulation,
         images=args.images,
+        outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
         crypten_images=args.crypten_images,
         sirnn_width=args.sirnn_width,
         timeout=args.timeout,
@@ -785,6 +793,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("artifact")
     input_opts(i)
     i.add_argument("--random", type=int, metavar="N", help="N random images (CIFAR models)")
+    i.add_argument(
+        "--output",
+        default="logits",
+        help="what the client learns: logits (default here, to compare them), label or topk:K",
+    )
     i.add_argument("--seed", type=int, default=0)
     party_opts(i)
     i.set_defaults(func=cmd_infer)
@@ -804,8 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--output",
         default=None,
-        help="what the client learns: label, topk:K or logits (default: label where this "
-        "build has secure argmax, else logits)",
+        help="what the client learns: label (default: the index of the largest logit, by "
+        "secure argmax), topk:K (the K largest, in order) or logits",
     )
     sv.add_argument("--max-sessions", type=_positive_int, default=4)
     sv.add_argument("--max-batch", type=_positive_int, default=32, help="samples per inference")
@@ -850,6 +863,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--network", default="all", choices=["lan", "wan", "all", "none"])
     b.add_argument("--no-emulation", action="store_true", help="estimate latency only")
     b.add_argument("--images", type=int, default=1, help="images per private inference")
+    b.add_argument(
+        "--outputs",
+        default="label",
+        help="output policies measured beside the logits (comma list of label, topk:K; '' none)",
+    )
     b.add_argument("--crypten-images", type=int, default=None)
     b.add_argument("--sirnn-width", type=int, default=16, help="SiRNN-style fixed-point bits")
     b.add_argument("--timeout", type=_timeout, default=600.0)

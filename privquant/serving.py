@@ -690,10 +690,10 @@ class Server(_Service):
         self.program = _as_program(model)
         if not self.program.has_weights:
             raise PrivQuantError("the server needs an artifact with weights")
-        self.identity = _load_identity(key)
         self.policy = policy or Policy()
         self.policy.check_supported()
         output_program(self.program, self.policy.output)  # K <= classes, a logit vector
+        self.identity = _load_identity(key)
         self.backend = backend
         self.digest = self.program.architecture_hash()
         if self.policy.needs_dealer:

@@ -166,6 +166,11 @@ def test_bench_cli_writes_report_json_md_png(tmp_path):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
     rows = {row["backend"]: row for row in rep["summary"]}
     assert rows["privquant"]["identical_to_plaintext"] is True
+    # label-only output (secure argmax) beside the logits: exact, and a few hundred bits more
+    label, logits = rows["privquant-label"], rows["privquant"]
+    assert label["identical_to_plaintext"] is True
+    assert 0 < label["online_mb"] - logits["online_mb"] < 0.001 * logits["online_mb"]
+    assert label["rounds"] > logits["rounds"]
     assert rows["sirnn-style"]["ratio_vs_privquant"] > 11
     assert "lan" in rep["latency"]["backends"]["privquant"]["estimate"]
     assert (out / "comm.png").read_bytes()[:4] == b"\x89PNG"
