@@ -71,6 +71,9 @@ def cmd_quantize(args) -> None:
 
     if (args.bits is None) == (args.assignment is None):
         raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
+    from privquant.protocols.transport.keys import Identity
+
+    key = Identity.load(args.sign) if args.sign else None  # before the work, not after
     bits = parse_bits(args.bits) if args.bits is not None else BitAssignment.load(args.assignment)
     model, shape, calib = _model_and_calib(args)
     train_x = train_y = None
@@ -89,21 +92,25 @@ def cmd_quantize(args) -> None:
         freeze_scales=args.freeze_scales,
         progress=not args.json,
     )
-    digest = art.save(args.out)
+    digest = art.save(args.out, sign=key)
     res = {
         "model": args.model,
         "out": str(args.out),
         "content_hash": digest,
         "architecture_hash": art.architecture_hash(),
+        "signer": art.signer,
         "bits": art.bits.to_dict(),
         **art.info,
     }
+    signed = (
+        f"\nsigned by key:     {art.signer}  (what loaders pin: --signer)" if art.signer else ""
+    )
     _emit(
         args,
         res,
         f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}\n"
         f"architecture hash: {res['architecture_hash']}  (what clients check: --expect-hash)\n"
-        f"file sha256:       {digest}",
+        f"file sha256:       {digest}" + signed,
     )
 
 
@@ -166,7 +173,7 @@ def _bits_text(bits) -> str:
 def cmd_eval(args) -> None:
     import privquant
 
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     if tuple(art.input_shape) != (1, 28, 28):
         raise PrivQuantError(f"{art.model} takes {art.input_shape} inputs; no such dataset here")
     images, labels = _load_images(args.data, "test", args.limit)
@@ -216,7 +223,7 @@ def cmd_infer(args) -> None:
     from privquant.launch import infer_local
 
     _sigterm_as_interrupt()
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     x = _client_inputs(args, art.input_shape)
     res = infer_local(
         art,
@@ -266,7 +273,7 @@ def cmd_serve(args) -> None:
     import privquant
     from privquant.serving import DEFAULT_OUTPUT, Policy, Server
 
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     policy = Policy(
         preprocessing=args.preprocessing,
         output=args.output or DEFAULT_OUTPUT,
@@ -390,11 +397,12 @@ def cmd_keygen(args) -> None:
 def cmd_hash(args) -> None:
     import privquant
 
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     res = {
         "model": art.model,
         "architecture_hash": art.architecture_hash(),
         "content_hash": art.content_hash,
+        "signer": art.signer,
     }
     _emit(args, res, res["architecture_hash"])
 
@@ -664,6 +672,15 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _signer_opt(sp):
+    sp.add_argument(
+        "--signer",
+        metavar="FP",
+        help="require the artifact to be signed by this key (fingerprint, >= 32 hex digits, "
+        "or its .fp file)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from privquant import __version__
 
@@ -698,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="QAT keeps calibration's step sizes (cost stays exactly the PTQ program's)",
     )
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 key file")
     q.add_argument("--out", required=True)
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_quantize)
@@ -755,6 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--json", action="store_true")
+    _signer_opt(e)
     e.set_defaults(func=cmd_eval)
 
     def party_opts(sp):
@@ -800,6 +819,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     i.add_argument("--seed", type=int, default=0)
     party_opts(i)
+    _signer_opt(i)
     i.set_defaults(func=cmd_infer)
 
     sv = sub.add_parser("serve", help="long-running server: holds the model, serves clients")
@@ -823,6 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-sessions", type=_positive_int, default=4)
     sv.add_argument("--max-batch", type=_positive_int, default=32, help="samples per inference")
     party_opts(sv)
+    _signer_opt(sv)
     sv.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("client", help="client role: holds the input, learns the prediction")
@@ -849,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hash", help="print an artifact's architecture hash (for --expect-hash)")
     h.add_argument("artifact")
     h.add_argument("--json", action="store_true")
+    _signer_opt(h)
     h.set_defaults(func=cmd_hash)
 
     b = sub.add_parser("bench", help="communication/latency vs CrypTen-native and SiRNN-style")
