@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -74,8 +75,10 @@ def _env(**kv):
 
 
 def _say(cfg: BenchConfig, msg: str) -> None:
+    """A progress line on stderr (stdout carries only the report)."""
     if cfg.progress:
-        print(f"[bench] {msg}", flush=True)
+        elapsed = time.perf_counter() - cfg.extra.setdefault("t0", time.perf_counter())
+        print(f"[bench {elapsed:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def from_comm_report(name: str, rep, source: str) -> BackendResult:
@@ -198,19 +201,17 @@ def bench_inputs(art, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return torch.randint(0, 256, (n, *art.input_shape), dtype=torch.uint8, generator=gen), None
 
 
-def accuracy(art, limit: int | None) -> dict | None:
-    """FP32 / fake-quant / integer-program top-1 on Fashion-MNIST test (full set if installed)."""
+def accuracy(art, limit: int | None, progress: bool = False) -> dict | None:
+    """FP32 / fake-quant / integer-program top-1 on Fashion-MNIST test (``--data auto``: the
+    full set if installed, else the shipped sample)."""
     if tuple(art.input_shape) != (1, 28, 28):
         return None
-    from privquant.models.data import load_dataset
+    from privquant.models.data import load_dataset, resolve_dataset
 
-    try:
-        x, y = load_dataset("fashion-mnist", split="test", limit=limit)
-        data = "fashion-mnist test"
-    except PrivQuantError:
-        x, y = load_dataset("fashion-mnist-sample", split="test", limit=limit)
-        data = "fashion-mnist-sample (first 500 test images)"
-    return {"data": data, **art.evaluate(x, y)}
+    name = resolve_dataset("auto")
+    x, y = load_dataset(name, split="test", limit=limit)
+    data = "fashion-mnist test" if name == "fashion-mnist" else f"{name} (first 500 test images)"
+    return {"data": data, **art.evaluate(x, y, progress=progress)}
 
 
 # ------------------------------------------------------------------------------ main entry
@@ -284,7 +285,9 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
                 name, r["report"], f"measured: 3 processes, loopback, uniform w{ub}a{ub} (PTQ)"
             )
             checks[name] = r["identical"]
-            uniform_acc[name] = accuracy(QuantizedModel.load(upath), cfg.accuracy_limit)
+            uniform_acc[name] = accuracy(
+                QuantizedModel.load(upath), cfg.accuracy_limit, cfg.progress
+            )
         if "crypten" in cfg.baselines:
             from privquant.baselines.crypten_native import run_crypten_native
 
@@ -300,7 +303,8 @@ def run_bench(target: str, *, bits=None, assignment=None, config=None, out_dir=N
 
         _say(cfg, "latency")
         lat = latency_section(results, nets, cfg, art_path, x)
-        acc = accuracy(art, cfg.accuracy_limit)
+        _say(cfg, "accuracy")
+        acc = accuracy(art, cfg.accuracy_limit, cfg.progress)
         report = assemble(art, origin, cfg, results, checks, lat, acc, uniform_acc)
         report["seconds_total"] = time.perf_counter() - t_start
         if out_dir:

@@ -176,12 +176,19 @@ def cmd_eval(args) -> None:
     art = privquant.load(args.artifact, signer=args.signer)
     if tuple(art.input_shape) != (1, 28, 28):
         raise PrivQuantError(f"{art.model} takes {art.input_shape} inputs; no such dataset here")
-    images, labels = _load_images(args.data, "test", args.limit)
-    res = {"model": art.model, "data": args.data, **art.evaluate(images, labels)}
+    from privquant.models.data import resolve_dataset
+
+    data = resolve_dataset(args.data)
+    images, labels = _load_images(data, "test", args.limit)
+    res = {
+        "model": art.model,
+        "data": data,
+        **art.evaluate(images, labels, progress=not args.json),
+    }
     _emit(
         args,
         res,
-        f"{art.model} on {res['n']} {args.data} test images: FP32 {res['fp32_top1']:.2f}%  "
+        f"{art.model} on {res['n']} {data} test images: FP32 {res['fp32_top1']:.2f}%  "
         f"fake-quant {res['fakequant_top1']:.2f}%  integer program {res['int_top1']:.2f}%",
     )
 
@@ -460,7 +467,7 @@ def _floats(text: str, what: str) -> list[float]:
 
 def _search_data(args, shape):
     """(train, test) for QAT and accuracy: Fashion-MNIST models only (None otherwise)."""
-    from privquant.errors import DataError
+    from privquant.models.data import resolve_dataset
 
     if tuple(shape) != (1, 28, 28):
         if args.qat_epochs > 0:
@@ -469,14 +476,8 @@ def _search_data(args, shape):
     train = None
     if args.qat_epochs > 0:
         train = _load_images("fashion-mnist", "train", args.qat_limit)
-    data = args.data
-    try:
-        test = _load_images(data, "test", args.eval_limit)
-    except DataError:
-        if data != "fashion-mnist":
-            raise
-        data = "fashion-mnist-sample"
-        test = _load_images(data, "test", args.eval_limit)
+    data = resolve_dataset(args.data)
+    test = _load_images(data, "test", args.eval_limit)
     return train, test, data
 
 
@@ -681,6 +682,16 @@ def _signer_opt(sp):
     )
 
 
+def _data_opt(sp) -> None:
+    sp.add_argument(
+        "--data",
+        default="auto",
+        choices=["auto", "fashion-mnist", "fashion-mnist-sample"],
+        help="test images: auto (default) = the full Fashion-MNIST test set when installed, "
+        "else the shipped sample (its first 500 images)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from privquant import __version__
 
@@ -755,9 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prediction and is re-measured); default: frozen, the prediction stays exact",
     )
     s.add_argument("--qat-limit", type=int, default=None, help="QAT on the first N train images")
-    s.add_argument(
-        "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
-    )
+    _data_opt(s)
     s.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
     s.add_argument("--time-limit", type=float, default=120.0, help="MILP seconds per solve")
     s.add_argument("--table", help="also write the cost table (JSON) here")
@@ -768,9 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="FP32 / fake-quant / integer-program top-1 of an artifact")
     e.add_argument("artifact")
-    e.add_argument(
-        "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
-    )
+    _data_opt(e)
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--json", action="store_true")
     _signer_opt(e)
@@ -796,11 +803,7 @@ def build_parser() -> argparse.ArgumentParser:
         if images_dir:
             g.add_argument("--images", metavar="DIR", help="every .png/.npy image in DIR")
         sp.add_argument("--batch", type=_positive_int, default=1)
-        sp.add_argument(
-            "--data",
-            default="fashion-mnist-sample",
-            choices=["fashion-mnist", "fashion-mnist-sample"],
-        )
+        _data_opt(sp)
         sp.add_argument(
             "--chunk",
             type=_positive_int,

@@ -75,14 +75,25 @@ class QuantizedModel:
         )
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
-        """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images."""
+    def evaluate(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int = 500,
+        progress: bool = False,
+    ) -> dict:
+        """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images
+        (``progress``: a bar on stderr)."""
+        from tqdm import tqdm
+
         if len(images) != len(labels) or len(images) == 0:
             raise PrivQuantError("evaluate needs the same non-zero number of images and labels")
         fp, fq = self.qmodel("float"), self.qmodel("quant")
         hits = {"fp32": 0, "fakequant": 0, "int": 0}
         agree = 0
-        for i in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        bar = tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False)
+        for i in bar:
             x, y = images[i : i + batch_size], labels[i : i + batch_size]
             xf = x.float() / 255.0
             p_fp = fp(xf).argmax(1)

@@ -695,7 +695,7 @@ class Searcher:
             self.exact(values)
             art = self._exact[tuple(sorted(values.items()))][1]
         total, _ = program_cost(art.program, batch=self.batch, backend=self.backend)
-        acc = art.evaluate(*test) if test is not None else {}
+        acc = art.evaluate(*test, progress=self.progress) if test is not None else {}
         return {
             "cost": total.as_dict(),
             "metrics": self.metrics(total),
