@@ -5,6 +5,7 @@ signatures, under the dealer. ``render()`` produces the table that the package d
 
 from __future__ import annotations
 
+from privquant.protocols.argmax import ARGMAX, ArgmaxSig
 from privquant.protocols.basic import OPEN, OPEN_TO, OpenSig, OpenToSig
 from privquant.protocols.compare import CIRCUIT, COMPARE, CompareSig, Group, circuit
 from privquant.protocols.lift import LIFT, LiftSig
@@ -33,6 +34,9 @@ def examples():
         MAXPOOL,
         MaxpoolSig((1, 16, 8, 8), (2, 2), (2, 2), (0, 0), 0, 15, 6, 6),
     )
+    lo, hi = -(1 << 14), (1 << 14) - 1
+    yield "argmax (label)", "1 image, 10 classes, L=16", ARGMAX, ArgmaxSig(1, 10, 1, lo, hi, 16, 5)
+    yield "top-3", "1 image, 10 classes, L=16", ARGMAX, ArgmaxSig(1, 10, 3, lo, hi, 16, 5)
 
 
 def render() -> str:
