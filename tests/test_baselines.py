@@ -169,7 +169,7 @@ def test_bench_cli_writes_report_json_md_png(tmp_path):
     # label-only output (secure argmax) beside the logits: exact, and a few hundred bits more
     label, logits = rows["privquant-label"], rows["privquant"]
     assert label["identical_to_plaintext"] is True
-    assert 0 < label["online_mb"] - logits["online_mb"] < 0.001 * logits["online_mb"]
+    assert 0 < label["online_mb"] - logits["online_mb"] < 0.005 * logits["online_mb"]
     assert label["rounds"] > logits["rounds"]
     assert rows["sirnn-style"]["ratio_vs_privquant"] > 11
     assert "lan" in rep["latency"]["backends"]["privquant"]["estimate"]

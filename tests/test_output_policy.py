@@ -74,12 +74,13 @@ def test_label_costs_little_beside_logits(lenet, sample):
     _, logits = run_session(lenet.program, x, "logits", [2])
     _, label = run_session(lenet.program, x, "label", [2])
     extra = label.total["online_bits"] - logits.total["online_bits"]
-    assert 0 < extra < 0.001 * logits.total["online_bits"]
+    assert 0 < extra < 0.005 * logits.total["online_bits"]  # lenet5: a small network
     am = next(layer for layer in label.layers if layer.name == ARGMAX_SCOPE)
     prog = output_program(lenet.program, "label")
     sig = ops.signature(prog.ops[-2], prog, ring_bits(prog), 2)
     depth = compare.Group(1, 0, (sig.ell - 1,)).depth
-    assert am.rounds == 4 * (2 + depth)  # 4 layers: open, the comparison's tree, selection
+    # constant rounds: open, the comparison's tree, the ANDs of the wins, the index polynomial
+    assert sig.plan == "flat" and am.rounds == 3 + depth
 
 
 def test_policy_parsing_and_checks(lenet):

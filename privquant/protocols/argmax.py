@@ -7,8 +7,9 @@ logits by lower index first (``torch.sort(x, descending=True, stable=True)``; fo
 is ``torch.argmax``). ``Lo = signed_bits(0, C - 1)`` is the ring of the label tensor; the output
 op (:class:`~privquant.protocols.basic.Output`) then opens it to the client alone.
 
-Construction (a comparator network of secret compare-exchanges, each one the pairwise maximum of
-:mod:`~privquant.protocols.maxpool`):
+Two plans, chosen per signature by their closed-form costs (:attr:`ArgmaxSig.plan`: fewer
+rounds, then fewer bits): ``flat`` for ``k = 1`` and ``3 <= C <= 17`` (constant rounds), else
+``network``. Both start from the same local packing and the same comparison step.
 
 1. **Index packing, local.** With ``s = Lo`` and ``L = Ld + s``, each party forms
    ``p_i = x_i * 2^s + (C - 1 - i)`` in ``Z_{2^L}`` (shares of ``x mod 2^Ld`` times ``2^s`` are
@@ -16,38 +17,57 @@ Construction (a comparator network of secret compare-exchanges, each one the pai
    their order is the output order (ties by lower index), every difference fits ``L`` bits signed,
    and the low ``s`` bits of a ``p`` are ``C - 1 - index``: the winner carries its own index, so no
    index has to be tracked or selected separately and ties need no extra comparison.
-2. **Network.** Batcher's odd-even merge (any list lengths) in a tree: adjacent sorted lists are
-   merged pairwise, each merge truncated to its ``k`` largest; then every comparator none of whose
+2. **Comparison** of ``m`` packed differences ``d = a - b`` at once (all samples), as a level of
+   :mod:`~privquant.protocols.maxpool`: open ``c = d + r mod 2^L`` with a dealer mask ``r``;
+   ``t = [d > 0] = 1 xor msb(c) xor r_(L-1) xor [c_low < r_low]`` (XOR shares) by one
+   ``(L-1)``-bit comparison circuit (:mod:`~privquant.protocols.compare`, depth ``D``).
+
+``network`` (any ``k``; the tournament for ``k = 1``):
+
+3. Batcher's odd-even merge (any list lengths) in a tree: adjacent sorted lists are merged
+   pairwise, each merge truncated to its ``k`` largest; then every comparator none of whose
    outputs reaches the ``k`` outputs is dropped, and the rest are scheduled as early as possible
    into layers (:func:`network`). For ``k = 1`` this is the tournament of ``C - 1`` comparators in
    ``ceil(log2 C)`` layers.
-3. **One layer** of ``m`` comparators ``(a, b)`` over all samples at once (``n_l = n*m``), exactly
-   a normal level of :mod:`~privquant.protocols.maxpool`: open ``c = (a - b) + r mod 2^L`` with a
-   dealer mask ``r``; ``t = [a > b] = 1 xor msb(c) xor r_(L-1) xor [c_low < r_low]`` by one
-   ``(L-1)``-bit comparison (:mod:`~privquant.protocols.compare`); ``t*(a - b) = t*c - t*r`` by the
-   selection polynomial (:mod:`~privquant.protocols.bitpoly`, one opened bit); then locally
-   ``max = b + t*(a - b)`` and ``min = a - t*(a - b)``. A layer whose every used output is a
-   final output evaluates the selection in ``Z_{2^Lo}`` (``Lo <= L``; the identity holds modulo
-   any power of two dividing ``2^L``), the others in ``Z_{2^L}``.
-4. **Index, local.** ``index = (C - 1) - (p mod 2^s)`` at the ``k`` output wires, in ``Z_{2^Lo}``.
+4. Per layer (its ``n_l`` comparators over all samples): step 2, then
+   ``t*(a - b) = t*c - t*r`` by the selection polynomial (:mod:`~privquant.protocols.bitpoly`,
+   one opened bit), and locally ``max = b + t*(a - b)``, ``min = a - t*(a - b)``. A layer whose
+   every used output is a final output evaluates the selection in ``Z_{2^Lo}`` (the identity
+   holds modulo any power of two dividing ``2^L``), the others in ``Z_{2^L}``.
+5. ``index = (C - 1) - (p mod 2^s)`` at the ``k`` output wires, locally, in ``Z_{2^Lo}``.
 
-Cost, per layer with ``n_l`` comparators (``cmp`` = :class:`~privquant.protocols.compare.Circuit`
-cost of one ``(L-1)``-bit comparison per comparator, ``D`` its depth, ``Ls`` the layer's
-selection ring, ``L`` or ``Lo``)::
+``flat`` (``k = 1``; :class:`Flat`):
 
-    online  = 2*n_l*L + cmp_online + 2*n_l          rounds = 1 + D + 1
-    offline = n_l*L (mask bits) + cmp_offline + 2*n_l*Ls (selection items rho, rho*r)
+3. Step 2 on all ``P = C(C-1)/2`` pairs ``i < j`` at once: ``t_ij = [p_i > p_j]``.
+4. Class ``i`` wins iff it beats every other: ``win_i = AND_j y_ij`` with ``y_ij = t_ij`` (``j >
+   i``) or ``1 xor t_ji`` (``j < i``). With ``C - 1 > 4``: ``G`` groups of ``S <= 4`` win bits
+   (padded with the constant 1) are ANDed first -- one selection polynomial ``x_1*...*x_S`` in
+   ``Z_4`` whose low bit gives XOR shares -- then
+5. ``index = sum_(i >= 1) i * AND_g a_(i,g)`` (or of all ``y_ij`` when ``C - 1 <= 4``) is ONE
+   selection polynomial in ``Z_{2^Lo}``: exactly one class wins, so it is the argmax index.
 
-summed over the layers of :func:`network` (``n_l = n * comparators in the layer``). Steps 1 and 4
-are free. Security: every value the parties exchange is masked by dealer randomness the receiver
-does not hold (``c`` by ``r``, the circuit's operands and the selection's bit by dealer bits), so
-the client's view is the output opening (the ``k`` indices) plus uniformly masked values.
+Cost (``cmp(m)`` = :class:`~privquant.protocols.compare.Circuit` cost of ``m`` comparisons of
+``L - 1`` bits, depth ``D``; selection ``V`` opened bits and ``I`` dealer items per element)::
+
+    step 2 on m:  online 2*m*L + cmp_online(m), rounds 1 + D;  offline m*L + cmp_offline(m)
+    network:      sum over layers (m = n_l) of step 2 + online 2*n_l, rounds 1,
+                  offline 2*n_l*Ls (items rho, rho*r in the layer's ring Ls)
+    flat:         step 2 on m = n*P
+                  + [G > 0] online 2*n*(C-1)*G*S, rounds 1, offline n*(C-1)*G*(2^S - 1)*2
+                  + online 2*n*(C-1)*F, rounds 1, offline n*(C-1)*(2^F - 1)*Lo
+                  (F = G, or C - 1 when G = 0)
+
+e.g. ``C = 10``: ``network`` 4 layers of ``2 + D`` rounds, ``flat`` ``3 + D`` rounds for about
+four times the bits (a few thousand per image, against megabytes for the network before it).
+Security: every value the parties exchange is masked by dealer randomness the receiver does not
+hold (``c`` by ``r``, the circuit's operands and the selections' bits by dealer bits), so the
+client's view is the output opening (the ``k`` indices) plus uniformly masked values.
 
 ``ot`` preprocessing (hook): the protocol needs the kinds ``mask_bits``, ``gates``,
 ``monomials`` and ``products``, exactly those of :mod:`~privquant.protocols.maxpool`; a
-dealer-free version replaces :meth:`Argmax.layer_offline` / :meth:`Argmax.layer_online` (one
-comparator layer: an OT millionaire for ``[c_low < r_low]`` and an OT-based bit times value
-selection) and keeps the network, the packing and the index extraction unchanged.
+dealer-free version replaces :meth:`Argmax.cmp_offline` / :meth:`Argmax.cmp_online` (step 2: an
+OT millionaire for ``[c_low < r_low]``) and the selections (OT-based bit products), and keeps
+the plans, the packing and the index extraction unchanged.
 """
 
 from __future__ import annotations
@@ -62,7 +82,7 @@ from privquant.errors import PrivQuantError
 from privquant.protocols import compare
 from privquant.protocols.base import Protocol
 from privquant.protocols.bitpoly import SELECTION, Poly, PolyPre, PolySpec
-from privquant.protocols.preprocessing.base import Need
+from privquant.protocols.preprocessing.base import Need, need_cost
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.cost import ZERO, Cost
 from privquant.protocols.primitives.ring import signed_bits
@@ -164,6 +184,56 @@ def network(classes: int, k: int) -> Network:
     return Network(classes, k, tuple(tuple(x) for x in layers), tuple(final), outputs)
 
 
+# ------------------------------------------------------------------------------ flat argmax
+FLAT_MAX_CLASSES = 17  # C - 1 <= 16 winner bits: at most two AND levels of <= 4 bits
+FLAT_GROUP = 4
+
+
+@dataclass(frozen=True)
+class Flat:
+    """Constant-round argmax (``k = 1``): every pair compared at once, then per class the AND
+    of its ``C - 1`` wins (``groups`` ANDs of ``size`` bits, then one AND of the ``groups``
+    results fused with ``index = sum_i i * win_i``; ``groups = 0``: one fused AND of all).
+    Group bits beyond ``C - 1`` are the constant 1 (P0 holds 1, P1 holds 0)."""
+
+    classes: int
+    groups: int
+    size: int
+
+    @cached_property
+    def pairs(self) -> tuple[tuple[int, int], ...]:
+        c = self.classes
+        return tuple((i, j) for i in range(c) for j in range(i + 1, c))
+
+    @cached_property
+    def wins(self) -> tuple[tuple[tuple[int, int], ...], ...]:
+        """Per class ``i >= 1`` (class 0 has index 0: no term), its ``C - 1`` win bits as
+        ``(pair index, negated)``: ``[p_i > p_j]`` is pair ``(i, j)`` for ``j > i`` and NOT
+        pair ``(j, i)`` for ``j < i``; then constant-one padding ``(-1, 0)``."""
+        index = {pr: q for q, pr in enumerate(self.pairs)}
+        out = []
+        for i in range(1, self.classes):
+            w = [(index[(j, i)], 1) if j < i else (index[(i, j)], 0)
+                 for j in range(self.classes) if j != i]  # fmt: skip
+            w += [(-1, 0)] * (max(self.groups, 1) * self.size - len(w))
+            out.append(tuple(w))
+        return tuple(out)
+
+    @property
+    def final_vars(self) -> int:
+        """Bits per class in the final AND (the groups, or all wins)."""
+        return self.groups or self.size
+
+
+@functools.cache
+def flat_plan(classes: int) -> Flat:
+    m = classes - 1
+    if m <= FLAT_GROUP:
+        return Flat(classes, 0, m)
+    g = -(-m // FLAT_GROUP)
+    return Flat(classes, g, -(-m // g))
+
+
 # ------------------------------------------------------------------------------ signature
 @dataclass(frozen=True)
 class ArgmaxSig:
@@ -208,106 +278,174 @@ class ArgmaxSig:
     def layer_ring(self, lv: int) -> int:
         return self.ell_out if self.net.final[lv] else self.ell
 
+    @cached_property
+    def plan(self) -> str:
+        """``network`` or ``flat`` (``k = 1``, ``3 <= C <= 17``): the one with fewer rounds,
+        then fewer bits, by their closed-form costs."""
+        _ = self.ell
+        if self.k != 1 or not 3 <= self.classes <= FLAT_MAX_CLASSES:
+            return "network"
+
+        def key(plan):
+            online, needs = _parts(self, plan)
+            c = online.then(need_cost(needs, "dealer"))
+            return (c.rounds, c.online_bits + c.offline_bits)
+
+        return min(("network", "flat"), key=key)
+
 
 def _poly(c) -> Poly:
     t = Poly.var("m")
     return t * Poly.const(c) - t * Poly.arith("R")
 
 
-def _layer_spec(sig: ArgmaxSig, lv: int) -> tuple[PolySpec, list[compare.Group]]:
+def _cmp_parts(sig: ArgmaxSig, n: int) -> tuple[Cost, list[Need], list[compare.Group]]:
+    """Open ``n`` masked differences and compare: ``2*n*L`` bits, 1 round, then the circuit."""
+    L = sig.ell
+    groups = [compare.Group(n, 0, (L - 1,))]
+    cs = compare.circuit(groups)
+    online = Cost(online_bits=2 * n * L, rounds=1).then(compare.CIRCUIT.online_cost(cs))
+    needs = [Need("random", n, L), Need("mask_bits", n, items=L), *compare.CIRCUIT.needs(cs)]
+    return online, needs, groups
+
+
+def _layer_spec(sig: ArgmaxSig, lv: int) -> PolySpec:
     n = sig.n * len(sig.net.layers[lv])
     ls = sig.layer_ring(lv)
     z = torch.zeros(1, dtype=torch.int64)
-    spec = PolySpec.of(_poly(z).reduced(ls), ls, n, provided=("R",))
-    return spec, [compare.Group(n, 0, (sig.ell - 1,))]
+    return PolySpec.of(_poly(z).reduced(ls), ls, n, provided=("R",))
 
 
-def _layer_parts(sig: ArgmaxSig, lv: int) -> tuple[Cost, list[Need]]:
-    n, L = sig.n * len(sig.net.layers[lv]), sig.ell
-    spec, groups = _layer_spec(sig, lv)
-    cs = compare.circuit(groups)
-    online = Cost(online_bits=2 * n * L, rounds=1)
-    online = online.then(compare.CIRCUIT.online_cost(cs)).then(SELECTION.online_cost(spec))
-    needs = [Need("random", n, L), Need("mask_bits", n, items=L)]
-    return online, needs + compare.CIRCUIT.needs(cs) + SELECTION.needs(spec)
+def _flat_polys(f: Flat) -> tuple[Poly | None, Poly]:
+    mid = None
+    if f.groups:
+        mid = Poly.const(1)
+        for q in range(f.size):
+            mid = mid * Poly.var(f"x{q}")
+    fin = Poly()
+    for i in range(1, f.classes):
+        term = Poly.const(i)
+        for g in range(f.final_vars):
+            term = term * Poly.var(f"w{i}.{g:02d}")
+        fin = fin + term
+    return mid, fin
+
+
+def _flat_specs(sig: ArgmaxSig) -> tuple[PolySpec | None, PolySpec]:
+    f = flat_plan(sig.classes)
+    mid, fin = _flat_polys(f)
+    m = None if mid is None else PolySpec.of(mid, 2, sig.n * (f.classes - 1) * f.groups)
+    return m, PolySpec.of(fin.reduced(sig.ell_out), sig.ell_out, sig.n)
+
+
+def _parts(sig: ArgmaxSig, plan: str) -> tuple[Cost, list[Need]]:
+    online, needs = ZERO, []
+    if plan == "network":
+        for lv in range(len(sig.net.layers)):
+            o, nd, _ = _cmp_parts(sig, sig.n * len(sig.net.layers[lv]))
+            spec = _layer_spec(sig, lv)
+            online = online.then(o).then(SELECTION.online_cost(spec))
+            needs += nd + SELECTION.needs(spec)
+        return online, needs
+    o, needs, _ = _cmp_parts(sig, sig.n * len(flat_plan(sig.classes).pairs))
+    online = o
+    for spec in _flat_specs(sig):
+        if spec is not None:
+            online = online.then(SELECTION.online_cost(spec))
+            needs = needs + SELECTION.needs(spec)
+    return online, needs
+
+
+@dataclass
+class CmpPre:
+    r: torch.Tensor | None  # this party's share of the mask (None at the dealer)
+    value: torch.Tensor | None  # the mask where the provider knows it (dealer), else None
+    rbits: torch.Tensor | None
+    cmp: compare.CmpPre
+    groups: list
 
 
 @dataclass
 class LayerPre:
-    r: torch.Tensor | None  # this party's share of the mask (None at the dealer)
-    rbits: torch.Tensor | None
-    cmp: compare.CmpPre
+    cmp: CmpPre
     spec: PolySpec
     poly: PolyPre
 
 
+@dataclass
+class FlatPre:
+    cmp: CmpPre
+    mid: tuple[PolySpec, PolyPre] | None
+    fin: tuple[PolySpec, PolyPre]
+
+
 class Argmax(Protocol):
-    """Secure top-k by a comparator network on index-packed logits (module docstring)."""
+    """Secure argmax / top-k on index-packed logits (module docstring)."""
 
     kind = "argmax"
 
     def online_cost(self, sig: ArgmaxSig) -> Cost:
-        _ = sig.ell  # checks the signature
-        out = ZERO
-        for lv in range(len(sig.net.layers)):
-            out = out.then(_layer_parts(sig, lv)[0])
-        return out
+        return _parts(sig, sig.plan)[0]
 
     def needs(self, sig: ArgmaxSig) -> list[Need]:
-        _ = sig.ell
-        return [x for lv in range(len(sig.net.layers)) for x in _layer_parts(sig, lv)[1]]
+        return _parts(sig, sig.plan)[1]
 
-    # -- one comparator layer (the part a dealer-free version replaces)
-    def layer_offline(self, corr, sig: ArgmaxSig, lv: int) -> LayerPre:
+    # -- the comparison of masked differences (the part a dealer-free version replaces)
+    def cmp_offline(self, corr, sig: ArgmaxSig, n: int) -> CmpPre:
         L = sig.ell
-        spec, groups = _layer_spec(sig, lv)
-        r = corr.random((spec.n,), L)
+        _o, _nd, groups = _cmp_parts(sig, n)
+        r = corr.random((n,), L)
         rbits = corr.mask_bits(r, L)
         cmp = compare.CIRCUIT.offline(corr, compare.circuit(groups), masks=[r.value])
-        ppre = SELECTION.offline(corr, spec, arith={"R": lambda: r.value})
-        return LayerPre(r.share, rbits, cmp, spec, ppre)
+        return CmpPre(r.share, r.value, rbits, cmp, groups)
 
-    def layer_online(
-        self, party: Party, sig: ArgmaxSig, lv: int, pre: LayerPre, d: torch.Tensor
-    ) -> torch.Tensor:
-        """Shares (mod ``2^Ls``) of ``[d > 0] * d`` for shares ``d`` (n_l,) of non-zero
-        differences in ``Z_{2^L}``."""
-        L, tag = sig.ell, f"am{lv}"
+    def cmp_online(self, party: Party, sig: ArgmaxSig, pre: CmpPre, d, tag: str):
+        """XOR shares of ``[d > 0]`` for shares ``d`` (n,) of non-zero differences in
+        ``Z_{2^L}``, and the opened ``c = d + r``."""
+        L = sig.ell
         mine = ring.reduce(d + pre.r, L)
         c = ring.reduce(mine + party.exchange(mine, L, f"{tag}.open"), L)
-        groups = _layer_spec(sig, lv)[1]
         (lt,) = compare.CIRCUIT.online(
-            party, compare.circuit(groups), pre.cmp, [(pre.rbits, c, [c])], f"{tag}.cmp"
+            party, compare.circuit(pre.groups), pre.cmp, [(pre.rbits, c, [c])], f"{tag}.cmp"
         )[0]
         top = ((c >> (L - 1)) & 1) ^ 1
         top = top.to(torch.uint8) if party.rank == SERVER else torch.zeros_like(lt)
-        t = top ^ pre.rbits[L - 1] ^ lt
-        poly = _poly(c).reduced(pre.spec.ell)
-        return SELECTION.online(
-            party, pre.spec, pre.poly, poly, {"m": t}, {"R": pre.r}, tag=f"{tag}.sel"
-        )
+        return top ^ pre.rbits[L - 1] ^ lt, c
 
     # -- the protocol
-    def offline(self, corr, sig: ArgmaxSig, state=None) -> list[LayerPre]:
-        _ = sig.ell
-        return [self.layer_offline(corr, sig, lv) for lv in range(len(sig.net.layers))]
+    def offline(self, corr, sig: ArgmaxSig, state=None):
+        if sig.plan == "flat":
+            mid, fin = _flat_specs(sig)
+            cmp = self.cmp_offline(corr, sig, fin.n * len(flat_plan(sig.classes).pairs))
+            m = None if mid is None else (mid, SELECTION.offline(corr, mid))
+            return FlatPre(cmp, m, (fin, SELECTION.offline(corr, fin)))
+        out = []
+        for lv in range(len(sig.net.layers)):
+            spec = _layer_spec(sig, lv)
+            cmp = self.cmp_offline(corr, sig, spec.n)
+            ppre = SELECTION.offline(corr, spec, arith={"R": lambda cmp=cmp: cmp.value})
+            out.append(LayerPre(cmp, spec, ppre))
+        return out
 
-    def online(
-        self, party: Party, sig: ArgmaxSig, pre: list[LayerPre], x: torch.Tensor
-    ) -> torch.Tensor:
-        C, L, Lo, s = sig.classes, sig.ell, sig.ell_out, sig.shift
+    def online(self, party: Party, sig: ArgmaxSig, pre, x: torch.Tensor) -> torch.Tensor:
+        C, L, s = sig.classes, sig.ell, sig.shift
         if tuple(x.shape) != (sig.n, C):
             raise PrivQuantError(f"argmax: share has shape {tuple(x.shape)}, expected {(sig.n, C)}")
         w = ring.reduce(ring.reduce(x, sig.ell_diff) << s, L)
         if party.rank == SERVER:
             w = ring.reduce(w + torch.arange(C - 1, -1, -1, dtype=torch.int64), L)
+        if sig.plan == "flat":
+            return self._flat(party, sig, pre, w)
         for lv, (layer, p) in enumerate(zip(sig.net.layers, pre)):
             ls = sig.layer_ring(lv)
             hi = torch.tensor([c[0] for c in layer], dtype=torch.long)
             lo = torch.tensor([c[1] for c in layer], dtype=torch.long)
             a, b = w[:, hi], w[:, lo]
-            td = self.layer_online(party, sig, lv, p, ring.reduce(a - b, L).reshape(-1))
-            td = td.reshape(a.shape)
+            t, c = self.cmp_online(party, sig, p.cmp, ring.reduce(a - b, L).reshape(-1), f"am{lv}")
+            poly = _poly(c).reduced(p.spec.ell)
+            td = SELECTION.online(
+                party, p.spec, p.poly, poly, {"m": t}, {"R": p.cmp.r}, tag=f"am{lv}.sel"
+            ).reshape(a.shape)
             w = w.clone()
             w[:, hi] = ring.reduce(b + td, ls)
             w[:, lo] = ring.reduce(a - td, ls)
@@ -315,7 +453,36 @@ class Argmax(Protocol):
         idx = -ring.reduce(out, s)
         if party.rank == SERVER:
             idx = idx + (C - 1)
-        return ring.reduce(idx, Lo)
+        return ring.reduce(idx, sig.ell_out)
+
+    def _flat(self, party: Party, sig: ArgmaxSig, pre: FlatPre, w: torch.Tensor) -> torch.Tensor:
+        f, n, L = flat_plan(sig.classes), sig.n, sig.ell
+        ii = torch.tensor([i for i, _ in f.pairs], dtype=torch.long)
+        jj = torch.tensor([j for _, j in f.pairs], dtype=torch.long)
+        d = ring.reduce(w[:, ii] - w[:, jj], L).reshape(-1)
+        t, _c = self.cmp_online(party, sig, pre.cmp, d, "amf")
+        t = torch.cat([t.reshape(n, -1), torch.zeros((n, 1), dtype=torch.uint8)], dim=1)
+        mine = 1 if party.rank == SERVER else 0
+        q = torch.tensor([[pq for pq, _ in win] for win in f.wins], dtype=torch.long)
+        neg = torch.tensor([[ng if pq >= 0 else 1 for pq, ng in win] for win in f.wins],
+                           dtype=torch.uint8)  # fmt: skip
+        y = t[:, q] ^ (neg * mine)  # (n, C-1, G*s): win bits; padding = constant 1
+        if f.groups:
+            spec, ppre = pre.mid
+            y = y.reshape(n, f.classes - 1, f.groups, f.size)
+            bits = {f"x{k}": y[..., k].reshape(-1) for k in range(f.size)}
+            mid, _fin = _flat_polys(f)
+            a = SELECTION.online(party, spec, ppre, mid, bits, tag="amf.and")
+            y = (a & 1).to(torch.uint8).reshape(n, f.classes - 1, f.groups)  # Z_4 -> XOR
+        spec, ppre = pre.fin
+        bits = {
+            f"w{i}.{g:02d}": y[:, i - 1, g]
+            for i in range(1, f.classes)
+            for g in range(f.final_vars)
+        }
+        fin = _flat_polys(f)[1].reduced(sig.ell_out)
+        idx = SELECTION.online(party, spec, ppre, fin, bits, tag="amf.index")
+        return idx.reshape(n, 1)
 
 
 ARGMAX = Argmax()

@@ -11,9 +11,11 @@ from proto_testlib import assert_cost, share
 
 from privquant.errors import PrivQuantError
 from privquant.ops.argmax import plain_topk
-from privquant.protocols.argmax import ARGMAX, ArgmaxSig, network
+from privquant.protocols.argmax import ARGMAX, ArgmaxSig, _parts, flat_plan, network
 from privquant.protocols.harness import run_protocol
+from privquant.protocols.preprocessing.base import need_cost
 from privquant.protocols.primitives import ring
+from privquant.protocols.primitives.cost import Cost
 from privquant.protocols.primitives.ring import signed_bits
 
 
@@ -47,7 +49,7 @@ def test_argmax_network_is_the_tournament(classes):
 
 @st.composite
 def cases(draw):
-    classes = draw(st.integers(1, 12))
+    classes = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 16, 17, 18, 23]))
     k = draw(st.integers(1, classes))
     scale = draw(st.sampled_from([1, 1, 1, 1000, 1 << 20, 1 << 40]))
     lo = draw(st.integers(-40, 20)) * scale
@@ -59,7 +61,7 @@ def cases(draw):
     return classes, k, lo, hi, min(ell_in, 62), ell_out, n, ties
 
 
-@settings(deadline=None, max_examples=120)
+@settings(deadline=None, max_examples=100)
 @given(case=cases(), seed=st.integers(0, 2**31), dealer=st.sampled_from(["simulated", "thread"]))
 def test_topk_exact_and_cost(case, seed, dealer):
     classes, k, lo, hi, ell_in, ell_out, n, ties = case
@@ -95,24 +97,41 @@ def test_all_equal_and_extreme_rings():
         assert_cost(run, ARGMAX.cost(sig))
 
 
-def test_cost_formula_tournament():
-    # label over 10 classes: 9 comparators in 4 layers, each layer = open + comparison + select
+def _cmp(m, L):
     from privquant.protocols import compare
 
+    grp = compare.Group(m, 0, (L - 1,))
+    u, gates = compare.counts([grp])
+    return 2 * m * L + 2 * u, m * L + gates + m * grp.monomials, 1 + grp.depth
+
+
+def test_cost_formulas_of_both_plans():
     n, C, lo, hi = 5, 10, -100, 100
     sig = ArgmaxSig(n, C, 1, lo, hi, 9, 5)
     L = signed_bits(lo - hi, hi - lo) + 5
     assert sig.ell == L == 14
+    # network (the tournament): 9 comparators in 4 layers of open + comparison + selection
     online = offline = rounds = 0
     for m, ls in zip((5, 2, 1, 1), (L, L, L, 5)):
-        nl = n * m
-        grp = compare.Group(nl, 0, (L - 1,))
-        u, gates = compare.counts([grp])
-        online += 2 * nl * L + 2 * u + 2 * nl
-        offline += nl * L + gates + nl * grp.monomials + 2 * nl * ls
-        rounds += 1 + grp.depth + 1
-    c = ARGMAX.cost(sig)
-    assert (c.online_bits, c.offline_bits, c.setup_bits, c.rounds) == (online, offline, 0, rounds)
+        on, off, r = _cmp(n * m, L)
+        online, offline, rounds = (
+            online + on + 2 * n * m,
+            offline + off + 2 * n * m * ls,
+            rounds + r + 1,
+        )
+    assert _parts(sig, "network")[0].then(need_cost(_parts(sig, "network")[1])) == Cost(
+        online, offline, 0, rounds
+    )
+    # flat: 45 pairs at once, 3 ANDs of 3 win bits in Z_4, then one index polynomial
+    f = flat_plan(C)
+    assert (f.groups, f.size, len(f.pairs)) == (3, 3, 45)
+    on, off, r = _cmp(n * 45, L)
+    on += 2 * n * 9 * 3 * 3 + 2 * n * 9 * 3
+    off += n * 9 * 3 * 7 * 2 + n * 9 * 7 * 5
+    assert sig.plan == "flat" and ARGMAX.cost(sig) == Cost(on, off, 0, r + 2)
+    assert ARGMAX.cost(sig).rounds < rounds
+    assert ArgmaxSig(n, 18, 1, lo, hi, 9, 6).plan == "network"  # beyond 17 classes
+    assert ArgmaxSig(n, 10, 2, lo, hi, 9, 5).plan == "network"  # top-k
 
 
 def test_signature_checks():
