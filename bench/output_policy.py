@@ -106,12 +106,27 @@ def markdown(rows: list[dict], cmd: str) -> str:
             f"{r['output_open']['online_bits']:.0f} | {delta:+.4f} | {r['identical']} | "
             f"{r['declared_equals_measured']} |"
         )
+    extra = {out: [r for r in rows if r["output"] == out] for out in ("label", "topk:3")}
+    for out, rs in extra.items():
+        if not rs:
+            continue
+        pct = [
+            100 * (r["online_bits_per_image"] / base[r["model"]]["online_bits_per_image"] - 1)
+            for r in rs
+        ]
+        dr = [r["rounds"] - base[r["model"]]["rounds"] for r in rs]
+        lines.append(
+            f"\n`{out}`: {min(pct):.4f}% to {max(pct):.4f}% more online bits than the logits "
+            f"and {min(dr)} to {max(dr)} more rounds per session (one inference)."
+        )
     lines += [
         "",
-        "Per image, label output costs the argmax layer minus the logits' opening: a few "
-        "hundred bits online and offline (well under 0.01% of the network) and",
-        "`ceil(log2 C)` comparator layers of rounds (each: open, comparison tree, selection);",
-        "the client receives `ceil(log2 C) + 1`-bit indices instead of the logits.",
+        "`label` runs the constant-round `flat` plan (all class pairs compared at once, then the",
+        "AND of each class's wins and one index polynomial: `3 + D` rounds, D = the comparison",
+        "tree's depth); `topk:K` runs the comparator network (`2 + D` rounds per layer). The",
+        "client receives `bits(C - 1) + 1`-bit indices instead of the logits. The label ring",
+        "also needs the logits' ring to hold their differences (one more bit in the last layer",
+        "for some models: the small setup and offline differences).",
     ]
     return "\n".join(lines) + "\n"
 
