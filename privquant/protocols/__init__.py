@@ -43,7 +43,7 @@ requant ReLU + 4-bit clip  n=1000, L=20, k=12, L'=20  92000   133000   0      6
 requant (unfused)          n=1000, L=20, k=12, L'=20  158000  219000   0      12
 maxpool 2x2                8x8x16 in, 4-bit, L=6      13824   18432    0      6
 argmax (label)             1 image, 10 classes, L=16  3456    3168     0      6
-top-3                      1 image, 10 classes, L=16  1480    1908     0      40
+top-3                      1 image, 10 classes, L=16  3464    2940     0      7
 =========================  =========================  ======  =======  =====  ======
 
 .. catalogue-end

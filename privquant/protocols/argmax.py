@@ -7,9 +7,10 @@ logits by lower index first (``torch.sort(x, descending=True, stable=True)``; fo
 is ``torch.argmax``). ``Lo = signed_bits(0, C - 1)`` is the ring of the label tensor; the output
 op (:class:`~privquant.protocols.basic.Output`) then opens it to the client alone.
 
-Two plans, chosen per signature by their closed-form costs (:attr:`ArgmaxSig.plan`: fewer
-rounds, then fewer bits): ``flat`` for ``k = 1`` and ``3 <= C <= 17`` (constant rounds), else
-``network``. Both start from the same local packing and the same comparison step.
+Three plans, chosen per signature by their closed-form costs (:attr:`ArgmaxSig.plan`: fewer
+rounds, then fewer bits): ``flat`` (``k = 1``, ``3 <= C <= 17``) and ``rank`` (any ``k``,
+``3 <= C <= 33``) take a constant number of rounds; ``network`` takes ``O(log^2 C)`` layers but
+fewer bits and serves every ``C``. All start from the same local packing and comparison step.
 
 1. **Index packing, local.** With ``s = Lo`` and ``L = Ld + s``, each party forms
    ``p_i = x_i * 2^s + (C - 1 - i)`` in ``Z_{2^L}`` (shares of ``x mod 2^Ld`` times ``2^s`` are
@@ -46,6 +47,16 @@ rounds, then fewer bits): ``flat`` for ``k = 1`` and ``3 <= C <= 17`` (constant 
 5. ``index = sum_(i >= 1) i * AND_g a_(i,g)`` (or of all ``y_ij`` when ``C - 1 <= 4``) is ONE
    selection polynomial in ``Z_{2^Lo}``: exactly one class wins, so it is the argmax index.
 
+``rank`` (any ``k``):
+
+3. Step 2 on all pairs, and the pairs' bits to ``Z_{2^w}`` (``w = max(2, bits(C - 1))``) by a
+   linear selection polynomial (one opened bit each).
+4. Ranks, locally: ``b_i = #{j : p_j > p_i} = sum_(j<i) t_ji + sum_(j>i) (1 - t_ij)``.
+5. Open ``c_i = b_i + r_i mod 2^w`` (dealer mask ``r_i``, ``w`` bits); ``[b_i == m] = [(c_i - m)
+   mod 2^w == r_i]`` is XOR-linear in the monomials of ``r_i``'s bits (dealer: the ``2^w - w - 1``
+   multi-bit ones; a one-digit leaf of :mod:`~privquant.protocols.compare`), for ``m < k``.
+6. ``index_m = sum_(i >= 1) i * [b_i == m]``: one selection polynomial per output position.
+
 Cost (``cmp(m)`` = :class:`~privquant.protocols.compare.Circuit` cost of ``m`` comparisons of
 ``L - 1`` bits, depth ``D``; selection ``V`` opened bits and ``I`` dealer items per element)::
 
@@ -56,9 +67,13 @@ Cost (``cmp(m)`` = :class:`~privquant.protocols.compare.Circuit` cost of ``m`` c
                   + [G > 0] online 2*n*(C-1)*G*S, rounds 1, offline n*(C-1)*G*(2^S - 1)*2
                   + online 2*n*(C-1)*F, rounds 1, offline n*(C-1)*(2^F - 1)*Lo
                   (F = G, or C - 1 when G = 0)
+    rank:         step 2 on m = n*P + online 2*n*P, rounds 1, offline n*P*w (B2A)
+                  + online 2*n*C*w, rounds 1, offline n*C*w + n*C*(2^w - w - 1)  (ranks)
+                  + online 2*n*k*(C-1), rounds 1, offline n*k*(C-1)*Lo          (indices)
 
-e.g. ``C = 10``: ``network`` 4 layers of ``2 + D`` rounds, ``flat`` ``3 + D`` rounds for about
-four times the bits (a few thousand per image, against megabytes for the network before it).
+e.g. ``C = 10``: label by ``network`` 4 layers of ``2 + D`` rounds, by ``flat`` ``3 + D``
+rounds for about four times the bits; top-3 by ``network`` 8 layers, by ``rank`` ``4 + D``
+rounds (a few thousand bits per image, against megabytes for the network before it).
 Security: every value the parties exchange is masked by dealer randomness the receiver does not
 hold (``c`` by ``r``, the circuit's operands and the selections' bits by dealer bits), so the
 client's view is the output opening (the ``k`` indices) plus uniformly masked values.
@@ -66,8 +81,9 @@ client's view is the output opening (the ``k`` indices) plus uniformly masked va
 ``ot`` preprocessing (hook): the protocol needs the kinds ``mask_bits``, ``gates``,
 ``monomials`` and ``products``, exactly those of :mod:`~privquant.protocols.maxpool`; a
 dealer-free version replaces :meth:`Argmax.cmp_offline` / :meth:`Argmax.cmp_online` (step 2: an
-OT millionaire for ``[c_low < r_low]``) and the selections (OT-based bit products), and keeps
-the plans, the packing and the index extraction unchanged.
+OT millionaire for ``[c_low < r_low]``), the selections (OT-based bit products) and, for
+``rank``, the equality leaf's monomials (a 1-out-of-2^w OT), and keeps the plans, the packing
+and the index extraction unchanged.
 """
 
 from __future__ import annotations
@@ -186,6 +202,7 @@ def network(classes: int, k: int) -> Network:
 
 # ------------------------------------------------------------------------------ flat argmax
 FLAT_MAX_CLASSES = 17  # C - 1 <= 16 winner bits: at most two AND levels of <= 4 bits
+RANK_MAX_CLASSES = 33  # ranks of <= 5 bits: one comparison digit
 FLAT_GROUP = 4
 
 
@@ -244,6 +261,7 @@ class ArgmaxSig:
     hi: int
     ell_in: int  # ring of the logits' shares
     ell_out: int  # ring of the index shares (Lo)
+    force: str | None = None  # a plan instead of the cheapest (tests, benchmarks)
 
     @cached_property
     def ell_diff(self) -> int:
@@ -280,18 +298,30 @@ class ArgmaxSig:
 
     @cached_property
     def plan(self) -> str:
-        """``network`` or ``flat`` (``k = 1``, ``3 <= C <= 17``): the one with fewer rounds,
-        then fewer bits, by their closed-form costs."""
+        """``network``, ``flat`` (``k = 1``, ``3 <= C <= 17``) or ``rank`` (``3 <= C <= 33``):
+        the candidate with fewer rounds, then fewer bits, by closed-form cost."""
         _ = self.ell
-        if self.k != 1 or not 3 <= self.classes <= FLAT_MAX_CLASSES:
-            return "network"
+        plans = ["network"]
+        if self.k == 1 and 3 <= self.classes <= FLAT_MAX_CLASSES:
+            plans.append("flat")
+        if 3 <= self.classes <= RANK_MAX_CLASSES:
+            plans.append("rank")
+        if self.force is not None:
+            if self.force not in plans:
+                raise PrivQuantError(f"argmax plan {self.force!r} is not one of {plans} here")
+            return self.force
 
         def key(plan):
             online, needs = _parts(self, plan)
             c = online.then(need_cost(needs, "dealer"))
             return (c.rounds, c.online_bits + c.offline_bits)
 
-        return min(("network", "flat"), key=key)
+        return min(plans, key=key)
+
+    @property
+    def rank_ell(self) -> int:
+        """Ring of the ranks ``b_i in [0, C - 1]`` (``rank`` plan; one comparison digit)."""
+        return max(2, (self.classes - 1).bit_length())
 
 
 def _poly(c) -> Poly:
@@ -349,11 +379,34 @@ def _parts(sig: ArgmaxSig, plan: str) -> tuple[Cost, list[Need]]:
         return online, needs
     o, needs, _ = _cmp_parts(sig, sig.n * len(flat_plan(sig.classes).pairs))
     online = o
-    for spec in _flat_specs(sig):
+    specs = _flat_specs(sig) if plan == "flat" else _rank_specs(sig)
+    if plan == "rank":  # between the two selections: open the masked ranks, local equalities
+        n, w = sig.n * sig.classes, sig.rank_ell
+        online = online.then(SELECTION.online_cost(specs[0]))
+        online = online.then(Cost(online_bits=2 * n * w, rounds=1))
+        needs = [
+            *needs,
+            *SELECTION.needs(specs[0]),
+            Need("random", n, w),
+            Need("mask_bits", n, items=w),
+            Need("monomials", n * len(compare.multi_masks(w))),
+        ]
+        specs = (None, specs[1])
+    for spec in specs:
         if spec is not None:
             online = online.then(SELECTION.online_cost(spec))
             needs = needs + SELECTION.needs(spec)
     return online, needs
+
+
+def _rank_specs(sig: ArgmaxSig) -> tuple[PolySpec, PolySpec]:
+    """B2A of every pair's bit (``t`` in ``Z_{2^w}``), and ``index_m = sum_i i * e_i``."""
+    pairs = len(flat_plan(sig.classes).pairs)
+    b2a = PolySpec.of(Poly.var("t"), sig.rank_ell, sig.n * pairs)
+    fin = Poly()
+    for i in range(1, sig.classes):
+        fin = fin + Poly.const(i) * Poly.var(f"e{i:02d}")
+    return b2a, PolySpec.of(fin.reduced(sig.ell_out), sig.ell_out, sig.n * sig.k)
 
 
 @dataclass
@@ -376,6 +429,16 @@ class LayerPre:
 class FlatPre:
     cmp: CmpPre
     mid: tuple[PolySpec, PolyPre] | None
+    fin: tuple[PolySpec, PolyPre]
+
+
+@dataclass
+class RankPre:
+    cmp: CmpPre
+    b2a: tuple[PolySpec, PolyPre]
+    r: torch.Tensor | None  # shares of the rank masks (n*C,) in Z_{2^w}
+    rbits: torch.Tensor | None  # XOR shares of their bits (w, n*C)
+    monos: torch.Tensor | None  # XOR shares of their multi-bit monomials (M, n*C)
     fin: tuple[PolySpec, PolyPre]
 
 
@@ -414,6 +477,30 @@ class Argmax(Protocol):
 
     # -- the protocol
     def offline(self, corr, sig: ArgmaxSig, state=None):
+        if sig.plan == "rank":
+            b2a, fin = _rank_specs(sig)
+            cmp = self.cmp_offline(corr, sig, b2a.n)
+            b2a_pre = SELECTION.offline(corr, b2a)
+            n, w = sig.n * sig.classes, sig.rank_ell
+            r = corr.random((n,), w)
+            rbits = corr.mask_bits(r, w)
+            masks = compare.multi_masks(w)
+
+            def monomials() -> torch.Tensor:
+                rb = ring.bits(r.value.reshape(-1), w)
+                rows = []
+                for m in masks:
+                    bits = [i for i in range(w) if m >> i & 1]
+                    v = rb[bits[0]].clone()
+                    for i in bits[1:]:
+                        v &= rb[i]
+                    rows.append(v)
+                return torch.stack(rows).to(torch.uint8)
+
+            flat = corr.gates_and_monomials([], 0, monomials, n * len(masks))
+            monos = None if flat is None else flat.reshape(len(masks), n)
+            return RankPre(cmp, (b2a, b2a_pre), r.share, rbits, monos,
+                           (fin, SELECTION.offline(corr, fin)))  # fmt: skip
         if sig.plan == "flat":
             mid, fin = _flat_specs(sig)
             cmp = self.cmp_offline(corr, sig, fin.n * len(flat_plan(sig.classes).pairs))
@@ -436,6 +523,8 @@ class Argmax(Protocol):
             w = ring.reduce(w + torch.arange(C - 1, -1, -1, dtype=torch.int64), L)
         if sig.plan == "flat":
             return self._flat(party, sig, pre, w)
+        if sig.plan == "rank":
+            return self._rank(party, sig, pre, w)
         for lv, (layer, p) in enumerate(zip(sig.net.layers, pre)):
             ls = sig.layer_ring(lv)
             hi = torch.tensor([c[0] for c in layer], dtype=torch.long)
@@ -483,6 +572,43 @@ class Argmax(Protocol):
         fin = _flat_polys(f)[1].reduced(sig.ell_out)
         idx = SELECTION.online(party, spec, ppre, fin, bits, tag="amf.index")
         return idx.reshape(n, 1)
+
+    def _rank(self, party: Party, sig: ArgmaxSig, pre: RankPre, w: torch.Tensor) -> torch.Tensor:
+        f, n, L, C, wb = flat_plan(sig.classes), sig.n, sig.ell, sig.classes, sig.rank_ell
+        ii = torch.tensor([i for i, _ in f.pairs], dtype=torch.long)
+        jj = torch.tensor([j for _, j in f.pairs], dtype=torch.long)
+        d = ring.reduce(w[:, ii] - w[:, jj], L).reshape(-1)
+        t, _c = self.cmp_online(party, sig, pre.cmp, d, "amr")
+        spec, ppre = pre.b2a
+        ta = SELECTION.online(party, spec, ppre, Poly.var("t"), {"t": t}, tag="amr.b2a")
+        ta = ta.reshape(n, len(f.pairs))
+        # rank b_i = #{j : p_j > p_i} = sum_(j<i) t_ji + sum_(j>i) (1 - t_ij)
+        b = torch.zeros((n, C), dtype=torch.int64)
+        b.index_add_(1, jj, ta)
+        b.index_add_(1, ii, -ta)
+        if party.rank == SERVER:
+            b = b + torch.arange(C - 1, -1, -1, dtype=torch.int64)
+        mine = ring.reduce(b.reshape(-1) + pre.r, wb)
+        c = ring.reduce(mine + party.exchange(mine, wb, "amr.rank"), wb)
+        # [b_i == m] = [(c_i - m) mod 2^w == r_i]: XOR-linear in the monomials of r_i's bits
+        full = torch.empty((1 << wb, n * C), dtype=torch.uint8)
+        full[0] = 1 if party.rank == SERVER else 0
+        for q in range(wb):
+            full[1 << q] = pre.rbits[q]
+        for row, m in enumerate(compare.multi_masks(wb)):
+            full[m] = pre.monos[row]
+        _lt, eq_t = compare._tables(wb)
+        e = torch.stack(
+            [((eq_t[ring.reduce(c - m, wb)] & full.T).sum(1) & 1).to(torch.uint8)
+             for m in range(sig.k)]
+        ).reshape(sig.k, n, C)  # fmt: skip
+        spec, ppre = pre.fin
+        bits = {f"e{i:02d}": e[:, :, i].transpose(0, 1).reshape(-1) for i in range(1, C)}
+        poly = Poly()
+        for i in range(1, C):
+            poly = poly + Poly.const(i) * Poly.var(f"e{i:02d}")
+        idx = SELECTION.online(party, spec, ppre, poly.reduced(sig.ell_out), bits, tag="amr.index")
+        return idx.reshape(n, sig.k)
 
 
 ARGMAX = Argmax()

@@ -49,7 +49,7 @@ def test_argmax_network_is_the_tournament(classes):
 
 @st.composite
 def cases(draw):
-    classes = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 16, 17, 18, 23]))
+    classes = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 9, 10, 12, 16, 17, 18, 23, 33, 34]))
     k = draw(st.integers(1, classes))
     scale = draw(st.sampled_from([1, 1, 1, 1000, 1 << 20, 1 << 40]))
     lo = draw(st.integers(-40, 20)) * scale
@@ -58,14 +58,18 @@ def cases(draw):
     ell_out = signed_bits(0, classes - 1) + draw(st.sampled_from([0, 0, 1, 4]))
     n = draw(st.integers(1, 4))
     ties = draw(st.booleans())
-    return classes, k, lo, hi, min(ell_in, 62), ell_out, n, ties
+    plans = [None, "network"]
+    plans += ["flat"] if k == 1 and 3 <= classes <= 17 else []
+    plans += ["rank"] if 3 <= classes <= 33 else []
+    force = draw(st.sampled_from(plans))
+    return classes, k, lo, hi, min(ell_in, 62), ell_out, n, ties, force
 
 
 @settings(deadline=None, max_examples=100)
 @given(case=cases(), seed=st.integers(0, 2**31), dealer=st.sampled_from(["simulated", "thread"]))
 def test_topk_exact_and_cost(case, seed, dealer):
-    classes, k, lo, hi, ell_in, ell_out, n, ties = case
-    sig = ArgmaxSig(n, classes, k, lo, hi, ell_in, ell_out)
+    classes, k, lo, hi, ell_in, ell_out, n, ties, force = case
+    sig = ArgmaxSig(n, classes, k, lo, hi, ell_in, ell_out, force)
     if sig.ell_diff + ell_out > 62:
         with pytest.raises(PrivQuantError):
             _ = sig.ell
@@ -105,7 +109,7 @@ def _cmp(m, L):
     return 2 * m * L + 2 * u, m * L + gates + m * grp.monomials, 1 + grp.depth
 
 
-def test_cost_formulas_of_both_plans():
+def test_cost_formulas_of_the_plans():
     n, C, lo, hi = 5, 10, -100, 100
     sig = ArgmaxSig(n, C, 1, lo, hi, 9, 5)
     L = signed_bits(lo - hi, hi - lo) + 5
@@ -130,8 +134,19 @@ def test_cost_formulas_of_both_plans():
     off += n * 9 * 3 * 7 * 2 + n * 9 * 7 * 5
     assert sig.plan == "flat" and ARGMAX.cost(sig) == Cost(on, off, 0, r + 2)
     assert ARGMAX.cost(sig).rounds < rounds
-    assert ArgmaxSig(n, 18, 1, lo, hi, 9, 6).plan == "network"  # beyond 17 classes
-    assert ArgmaxSig(n, 10, 2, lo, hi, 9, 5).plan == "network"  # top-k
+    # rank (top-3): 45 pairs, their bits to Z_16, 10 masked 4-bit ranks, 3 index polynomials
+    sig3 = ArgmaxSig(n, C, 3, lo, hi, 9, 5)
+    on, off, r = _cmp(n * 45, L)
+    on += 2 * n * 45 + 2 * n * 10 * 4 + 2 * n * 3 * 9
+    off += n * 45 * 4 + n * 10 * 4 + n * 10 * 11 + n * 3 * 9 * 5
+    assert sig3.plan == "rank" and ARGMAX.cost(sig3) == Cost(on, off, 0, r + 3)
+    net3 = _parts(sig3, "network")[0]
+    assert ARGMAX.cost(sig3).rounds < net3.rounds
+    assert ArgmaxSig(n, 18, 1, lo, hi, 9, 6).plan == "rank"  # beyond flat's 17 classes
+    assert ArgmaxSig(n, 34, 2, lo, hi, 9, 7).plan == "network"  # beyond rank's 33
+    assert ArgmaxSig(n, 2, 1, lo, hi, 9, 2).plan == "network"
+    with pytest.raises(PrivQuantError, match="plan 'flat'"):
+        _ = ArgmaxSig(n, 10, 2, lo, hi, 9, 5, "flat").plan
 
 
 def test_signature_checks():
