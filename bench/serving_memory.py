@@ -257,7 +257,8 @@ def main() -> None:
             mem.append(session_memory(tmp, cifar, xc, 16))
             print(json.dumps(mem[-1]), flush=True)
         online = [] if args.skip_online else online_per_image(cifar, (1, 4, 16), args.repeats)
-    Path(args.out).write_text(markdown(mem, online, "bench/serving_memory.py"))
+    cmd = "bench/serving_memory.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    Path(args.out).write_text(markdown(mem, online, cmd))
     Path(args.out).with_suffix(".json").write_text(
         json.dumps({"memory": mem, "online": online}, indent=1) + "\n"
     )
