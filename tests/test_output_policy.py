@@ -117,14 +117,14 @@ def test_prediction_result_shapes(lenet, sample):
 
 
 # ------------------------------------------------------------------------------ transcripts
-def _client_view(logits: torch.Tensor, x1: torch.Tensor, d0: bytes, k: int | None, lo, hi):
+def _client_view(logits, x1, d0: bytes, k: int | None, lo, hi, force: str | None = None):
     """What the client receives (payload bits, in order) when the server holds the logits share
     ``logits - x1`` and the client ``x1``; every seed the client holds is fixed, only the
     server-dealer seed ``d0`` varies. ``k=None``: the logits are opened (the control)."""
     n, classes = logits.shape
     L_in = ring.signed_bits(lo - hi, hi - lo)
     Lo = ring.signed_bits(0, classes - 1)
-    sig = ArgmaxSig(n, classes, k or 1, lo, hi, L_in, Lo)
+    sig = ArgmaxSig(n, classes, k or 1, lo, hi, L_in, Lo, force)
     x0 = ring.reduce(logits - x1, L_in)
     fixed = Seeds.derived(12345)
     seeds = {
@@ -163,8 +163,12 @@ def _max_z(views_a: np.ndarray, views_b: np.ndarray) -> float:
     return float(z.max())
 
 
-@pytest.mark.parametrize("k", [1, 2])
-def test_client_view_holds_only_masked_values_and_the_label(k):
+@pytest.mark.parametrize(
+    "k,force",
+    [(1, None), (2, None), pytest.param(2, "network", marks=pytest.mark.slow)],
+    ids=["label-flat", "top2-rank", "top2-network"],
+)
+def test_client_view_holds_only_masked_values_and_the_label(k, force):
     """Two server logit vectors with the same top-k: the client (its share and seeds fixed) sees
     the same distribution of every received bit, and decodes exactly the top-k; opening the
     logits instead (the control) is told apart at once by the same statistic."""
@@ -179,8 +183,8 @@ def test_client_view_holds_only_masked_values_and_the_label(k):
     for policy_k_, expect_leak in ((k, False), (None, True)):
         va, vb = [], []
         for d0 in seeds:
-            bits_a, out_a = _client_view(xa, x1, d0, policy_k_, lo, hi)
-            bits_b, out_b = _client_view(xb, x1, d0[::-1], policy_k_, lo, hi)
+            bits_a, out_a = _client_view(xa, x1, d0, policy_k_, lo, hi, force)
+            bits_b, out_b = _client_view(xb, x1, d0[::-1], policy_k_, lo, hi, force)
             va.append(bits_a)
             vb.append(bits_b)
             if policy_k_ is not None:
@@ -189,5 +193,4 @@ def test_client_view_holds_only_masked_values_and_the_label(k):
         if expect_leak:
             assert z > 12.0, z  # the logits control: the same statistic sees the difference
         else:
-            print(f"k={k}: max z {z:.2f} over {len(va[0])} bits")
             assert len(va[0]) == len(vb[0]) and z < 6.0, z
