@@ -123,10 +123,12 @@ def markdown(rows: list[dict], cmd: str) -> str:
         "",
         "`label` runs the constant-round `flat` plan (all class pairs compared at once, then the",
         "AND of each class's wins and one index polynomial: `3 + D` rounds, D = the comparison",
-        "tree's depth); `topk:K` runs the comparator network (`2 + D` rounds per layer). The",
-        "client receives `bits(C - 1) + 1`-bit indices instead of the logits. The label ring",
-        "also needs the logits' ring to hold their differences (one more bit in the last layer",
-        "for some models: the small setup and offline differences).",
+        "tree's depth); `topk:K` the `rank` plan (all pairs, the ranks opened under masks, one",
+        "index polynomial per position: `4 + D` rounds). Session rounds grow by less than the",
+        "argmax layer's own rounds where its first message overlaps the previous layer's last.",
+        "The client receives `bits(C - 1) + 1`-bit indices instead of the logits. The argmax",
+        "needs the logits' ring to hold their differences (one more bit in the last layer for",
+        "some models: the small setup and offline differences).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -136,7 +138,12 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--out", default=str(ROOT / "bench" / "output_policy.md"))
     ap.add_argument("--skip-cifar", action="store_true")
+    ap.add_argument("--from-json", help="only re-render the markdown from a saved JSON")
     args = ap.parse_args()
+    cmd = "bench/output_policy.py" + (f" --images {args.images}" if args.images != 8 else "")
+    if args.from_json:
+        Path(args.out).write_text(markdown(json.loads(Path(args.from_json).read_text()), cmd))
+        return
     x, _ = load_sample(args.images)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +157,6 @@ def main() -> None:
                 row = measure(path, xs, output)
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    cmd = "bench/output_policy.py" + (f" --images {args.images}" if args.images != 8 else "")
     Path(args.out).write_text(markdown(rows, cmd))
     Path(args.out).with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
 
