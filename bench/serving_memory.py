@@ -191,7 +191,7 @@ def online_per_image(artifact: Path, batches, repeats: int) -> list[dict]:
     return out
 
 
-def markdown(mem: list[dict], online: list[dict], cmd: str) -> str:
+def markdown(mem: list[dict], online: list[dict], cmd: str, load=None) -> str:
     lines = [
         "# Serving memory and resnet18-cifar online time per batch size",
         "",
@@ -228,6 +228,12 @@ def markdown(mem: list[dict], online: list[dict], cmd: str) -> str:
                 f"| {o['batch']} | {o['client_online_s_per_image']:.3f} | {runs} | "
                 f"{o['identical']} |"
             )
+        busy = f" (load average {load[0]:.1f} at the end of the run)" if load else ""
+        lines += [
+            "",
+            f"The machine was shared with other jobs{busy}: times are upper bounds and vary",
+            "between runs by tens of percent; compare batch sizes within one table only.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -238,7 +244,13 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--work", default=None, help="keep the quantized resnet18-cifar here")
     ap.add_argument("--out", default=str(ROOT / "bench" / "serving_memory.md"))
+    ap.add_argument("--from-json", help="only re-render the markdown from a saved JSON")
     args = ap.parse_args()
+    cmd = "bench/serving_memory.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        Path(args.out).write_text(markdown(doc["memory"], doc["online"], cmd, doc.get("load")))
+        return
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     from privquant.models.data import load_sample
 
@@ -257,10 +269,10 @@ def main() -> None:
             mem.append(session_memory(tmp, cifar, xc, 16))
             print(json.dumps(mem[-1]), flush=True)
         online = [] if args.skip_online else online_per_image(cifar, (1, 4, 16), args.repeats)
-    cmd = "bench/serving_memory.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
-    Path(args.out).write_text(markdown(mem, online, cmd))
+    load = list(os.getloadavg())
+    Path(args.out).write_text(markdown(mem, online, cmd, load))
     Path(args.out).with_suffix(".json").write_text(
-        json.dumps({"memory": mem, "online": online}, indent=1) + "\n"
+        json.dumps({"memory": mem, "online": online, "load": load}, indent=1) + "\n"
     )
 
 
