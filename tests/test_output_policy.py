@@ -85,7 +85,16 @@ def test_label_costs_little_beside_logits(lenet, sample):
 
 def test_policy_parsing_and_checks(lenet):
     assert [policy_k(p) for p in ("label", "topk:1", "topk:7", "logits")] == [1, 1, 7, None]
-    for bad in ("topk:0", "topk:", "topk:-1", "topk:1.5", "argmax", "", "topk:999999"):
+    for bad in (
+        "topk:0",
+        "topk:",
+        "topk:-1",
+        "topk:1.5",
+        "argmax",
+        "",
+        "topk:999999",
+        "topk:\u0663",
+    ):
         with pytest.raises(PrivQuantError, match="output policy"):
             policy_k(bad)
         with pytest.raises(PrivQuantError):

@@ -40,7 +40,7 @@ def policy_k(output: str) -> int | None:
         return 1
     if isinstance(output, str) and output.startswith("topk:"):
         tail = output[5:]
-        if tail.isdigit() and len(tail) <= 5 and int(tail) >= 1:
+        if tail.isascii() and tail.isdigit() and len(tail) <= 5 and int(tail) >= 1:
             return int(tail)
     raise PrivQuantError(f"output policy must be label, topk:K (K >= 1) or logits, not {output!r}")
 
