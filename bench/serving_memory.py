@@ -11,8 +11,9 @@ finished, the client's is ``/usr/bin/time -v``'s "Maximum resident set size". Sc
 * resnet18-cifar w4a4 (random weights, quantized here): ``client --input`` of 16 random
   images, server ``--max-batch 16`` (one inference of batch 16).
 
-Online time: ``privquant infer`` (gloo, 3 processes) of resnet18-cifar at batch 1, 4 and 16 (one
-inference each), the client's online seconds per image, best of ``--repeats`` runs.
+Online time and memory: ``privquant infer`` (gloo, 3 processes) of resnet18-cifar at batch 1,
+4 and 16 (one inference each): the client's online seconds per image (best of ``--repeats``
+runs) and each role's peak RSS (``getrusage``, reported by the role).
 
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python bench/serving_memory.py
 """
@@ -176,6 +177,7 @@ def online_per_image(artifact: Path, batches, repeats: int) -> list[dict]:
                     "client_online_s": s["client_online"],
                     "server_online_s": s["server_online"],
                     "identical": r["identical"],
+                    "peak_rss_mb": r["peak_rss_mb"],
                 }
             )
         best = min(runs, key=lambda q: q["client_online_s"])
@@ -185,6 +187,10 @@ def online_per_image(artifact: Path, batches, repeats: int) -> list[dict]:
                 "client_online_s_per_image": best["client_online_s"] / b,
                 "runs_client_online_s": [q["client_online_s"] for q in runs],
                 "identical": all(q["identical"] for q in runs),
+                "peak_rss_mb": {
+                    role: max(q["peak_rss_mb"][role] for q in runs)
+                    for role in runs[0]["peak_rss_mb"]
+                },
             }
         )
         print(json.dumps(out[-1]), flush=True)
@@ -217,15 +223,21 @@ def markdown(mem: list[dict], online: list[dict], cmd: str, load=None) -> str:
     if online:
         lines += [
             "",
-            "## resnet18-cifar w4a4: client online seconds per image (`privquant infer`, gloo)",
+            "## resnet18-cifar w4a4 through `privquant infer` (gloo, 3 processes): online",
+            "seconds per image and peak memory per party (max over the runs)",
             "",
-            "| batch | online s / image (best run) | runs (online s) | identical |",
-            "|---|---|---|---|",
+            "| batch | online s / image (best run) | runs (online s) | dealer MB | server MB "
+            "| client MB | identical |",
+            "|---|---|---|---|---|---|---|",
         ]
         for o in online:
             runs = ", ".join(f"{v:.2f}" for v in o["runs_client_online_s"])
+            p = o.get("peak_rss_mb") or {}
+            mb = " | ".join(
+                f"{p[r]:.0f}" if r in p else "-" for r in ("dealer", "server", "client")
+            )
             lines.append(
-                f"| {o['batch']} | {o['client_online_s_per_image']:.3f} | {runs} | "
+                f"| {o['batch']} | {o['client_online_s_per_image']:.3f} | {runs} | {mb} | "
                 f"{o['identical']} |"
             )
         busy = f" (load average {load[0]:.1f} at the end of the run)" if load else ""

@@ -184,6 +184,7 @@ def infer_local(
         "output": output,
         "plain_labels": plain_topk(ref, 1)[:, 0].tolist(),
         "batches": cl["batches"],
+        "peak_rss_mb": {ROLES[r]: outs[r].get("peak_rss_mb") for r in (0, 1, 2)},
         "report": report,
     }
     if k is None:

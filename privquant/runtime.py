@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from privquant import ops
+from privquant._memory import release_freed_memory
 from privquant.errors import PrivQuantError
 from privquant.ops.argmax import output_program
 from privquant.program import Program, check_input, ring_bits
@@ -260,6 +261,7 @@ class Session:
             for t in op.inputs:
                 if self._last.get(t) == i:
                     env.pop(t, None)
+            release_freed_memory()  # the layer's temporaries back to the OS (privquant._memory)
             bar.update(1)
         bar.close()
         logits = env.get(program.output_op.output) if rank == CLIENT else None

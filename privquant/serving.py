@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privquant._memory import peak_rss_mb
 from privquant.errors import PeerError, PrivQuantError
 from privquant.ops.argmax import output_program, plain_topk, policy_k
 from privquant.program import Program, check_input, output_logits
@@ -273,6 +274,7 @@ class SessionSummary:
 
     def as_dict(self) -> dict:
         return {
+            "peak_rss_mb": peak_rss_mb(),  # this process's peak so far
             "role": self.role,
             "inferences": self.inferences,
             "samples": self.samples,
