@@ -7,6 +7,8 @@ For one artifact (or a model name, quantized here) it measures, with real proces
                               protocols (``--unfused``), isolating what fusion saves;
 * ``privquant-uniform-N``  -- the same float model re-quantized at uniform ``wNaN``
                               (``--uniform-bits N``, PTQ), isolating what low/mixed precision saves;
+* ``privquant-label``      -- (``--outputs label,topk:K``) the client learns only the label (or
+                              the top-K) by secure argmax instead of the logits (``privquant``);
 * ``crypten``              -- CrypTen-native (float model, 64-bit fixed point, TTP), measured on
                               the wire (:mod:`privquant.baselines.crypten_native`);
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,6 +56,7 @@ class BenchConfig:
     networks: tuple[str, ...] = ("lan", "wan")
     emulate: bool = True
     images: int = 1
+    outputs: tuple[str, ...] = ("label",)  # output policies measured beside the logits
     crypten_images: int | None = None  # default: same as images
     sirnn_width: int = 16
     preprocessing: str = "dealer"
@@ -80,8 +84,10 @@ def _env(**kv):
 
 
 def _say(cfg: BenchConfig, msg: str) -> None:
+    """A progress line on stderr (stdout carries only the report)."""
     if cfg.progress:
-        print(f"[bench] {msg}", flush=True)
+        elapsed = time.perf_counter() - cfg.extra.setdefault("t0", time.perf_counter())
+        print(f"[bench {elapsed:6.0f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def from_comm_report(name: str, rep, source: str) -> BackendResult:
@@ -229,19 +235,17 @@ def bench_inputs(art, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return torch.randint(0, 256, (n, *art.input_shape), dtype=torch.uint8, generator=gen), None
 
 
-def accuracy(art, limit: int | None) -> dict | None:
-    """FP32 / fake-quant / integer-program top-1 on Fashion-MNIST test (full set if installed)."""
+def accuracy(art, limit: int | None, progress: bool = False) -> dict | None:
+    """FP32 / fake-quant / integer-program top-1 on Fashion-MNIST test (``--data auto``: the
+    full set if installed, else the shipped sample)."""
     if tuple(art.input_shape) != (1, 28, 28):
         return None
-    from privquant.models.data import load_dataset
+    from privquant.models.data import load_dataset, resolve_dataset
 
-    try:
-        x, y = load_dataset("fashion-mnist", split="test", limit=limit)
-        data = "fashion-mnist test"
-    except PrivQuantError:
-        x, y = load_dataset("fashion-mnist-sample", split="test", limit=limit)
-        data = "fashion-mnist-sample (first 500 test images)"
-    return {"data": data, **art.evaluate(x, y)}
+    name = resolve_dataset("auto")
+    x, y = load_dataset(name, split="test", limit=limit)
+    data = "fashion-mnist test" if name == "fashion-mnist" else f"{name} (first 500 test images)"
+    return {"data": data, **art.evaluate(x, y, progress=progress)}
 
 
 # ------------------------------------------------------------------------------ main entry
@@ -274,6 +278,11 @@ def run_bench(
             raise PrivQuantError(f"--uniform-bits must be 2..16, got {b}")
     if cfg.images < 1:
         raise PrivQuantError("--images must be at least 1")
+    from privquant.ops.argmax import policy_k
+
+    for output in cfg.outputs:
+        if policy_k(output) is None:
+            raise PrivQuantError("--outputs lists label or topk:K (the logits row is privquant)")
     t_start = time.perf_counter()
     with (
         tempfile.TemporaryDirectory(prefix="privquant-bench-") as tmp,
@@ -314,6 +323,14 @@ def run_bench(
                 "privquant-unfused", r["report"], f"measured: {procs}, loopback, --unfused"
             )
             checks["privquant-unfused"] = r["identical"]
+        for output in cfg.outputs:
+            name = f"privquant-{output.replace(':', '')}"
+            _say(cfg, name)
+            r = infer_local(art_path, x, backend="privquant", timeout=timeout, output=output)
+            results[name] = from_comm_report(
+                name, r["report"], f"measured: 3 processes, loopback, output policy {output}"
+            )
+            checks[name] = r["identical"]
         uniform_acc = {}
         for ub in cfg.uniform_bits:
             name = f"privquant-uniform-{ub}"
@@ -324,7 +341,9 @@ def run_bench(
                 name, r["report"], f"measured: {procs}, loopback, uniform w{ub}a{ub} (PTQ)"
             )
             checks[name] = r["identical"]
-            uniform_acc[name] = accuracy(QuantizedModel.load(upath), cfg.accuracy_limit)
+            uniform_acc[name] = accuracy(
+                QuantizedModel.load(upath), cfg.accuracy_limit, cfg.progress
+            )
         if "crypten" in cfg.baselines:
             from privquant.baselines.crypten_native import run_crypten_native
 
@@ -346,7 +365,8 @@ def run_bench(
 
         _say(cfg, "latency")
         lat = latency_section(results, nets, cfg, art_path, x)
-        acc = accuracy(art, cfg.accuracy_limit)
+        _say(cfg, "accuracy")
+        acc = accuracy(art, cfg.accuracy_limit, cfg.progress)
         report = assemble(art, origin, cfg, results, checks, lat, acc, uniform_acc)
         report["seconds_total"] = time.perf_counter() - t_start
         if out_dir:
@@ -578,8 +598,9 @@ def markdown(report: dict) -> str:
 
 
 def _rank(name: str) -> tuple[int, str]:
-    for i, prefix in enumerate(("privquant", "privquant-unfused", "privquant-uniform", "crypten")):
-        if name == prefix or (prefix.endswith("uniform") and name.startswith(prefix)):
+    prefixes = ("privquant", "privquant-label", "privquant-topk", "privquant-unfused")
+    for i, prefix in enumerate((*prefixes, "privquant-uniform", "crypten")):
+        if name == prefix or (prefix.endswith(("uniform", "topk")) and name.startswith(prefix)):
             return i, name
     return 9, name
 

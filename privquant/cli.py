@@ -120,13 +120,16 @@ def cmd_quantize(args) -> None:
 
     if (args.bits is None) == (args.assignment is None):
         raise PrivQuantError("give exactly one of --bits wXaY or --assignment FILE")
+    from privquant.protocols.transport.keys import Identity
+
+    key = Identity.load(args.sign) if args.sign else None  # before the work, not after
     bits = parse_bits(args.bits) if args.bits is not None else BitAssignment.load(args.assignment)
     model, shape, calib = _model_and_calib(args)
     from privquant.train.options import wants_distributed
 
     if wants_distributed(args):
         art = _quantize_distributed(args, model, shape, calib, bits)
-        _report_quantized(args, art)
+        _report_quantized(args, art, key)
         return
     train_x = train_y = None
     if args.qat_epochs > 0:
@@ -144,7 +147,7 @@ def cmd_quantize(args) -> None:
         freeze_scales=args.freeze_scales,
         progress=not args.json,
     )
-    _report_quantized(args, art)
+    _report_quantized(args, art, key)
 
 
 def _quantize_distributed(args, model, shape, calib, bits):
@@ -177,22 +180,26 @@ def _quantize_distributed(args, model, shape, calib, bits):
     )
 
 
-def _report_quantized(args, art) -> None:
-    digest = art.save(args.out)
+def _report_quantized(args, art, key=None) -> None:
+    digest = art.save(args.out, sign=key)
     res = {
         "model": args.model,
         "out": str(args.out),
         "content_hash": digest,
         "architecture_hash": art.architecture_hash(),
+        "signer": art.signer,
         "bits": art.bits.to_dict(),
         **art.info,
     }
+    signed = (
+        f"\nsigned by key:     {art.signer}  (what loaders pin: --signer)" if art.signer else ""
+    )
     _emit(
         args,
         res,
         f"quantized {args.model} ({_bits_text(art.bits)}) -> {args.out}\n"
         f"architecture hash: {res['architecture_hash']}  (what clients check: --expect-hash)\n"
-        f"file sha256:       {digest}",
+        f"file sha256:       {digest}" + signed,
     )
 
 
@@ -265,15 +272,22 @@ def _bits_text(bits) -> str:
 def cmd_eval(args) -> None:
     import privquant
 
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     if tuple(art.input_shape) != (1, 28, 28):
         raise PrivQuantError(f"{art.model} takes {art.input_shape} inputs; no such dataset here")
-    images, labels = _load_images(args.data, "test", args.limit)
-    res = {"model": art.model, "data": args.data, **art.evaluate(images, labels)}
+    from privquant.models.data import resolve_dataset
+
+    data = resolve_dataset(args.data)
+    images, labels = _load_images(data, "test", args.limit)
+    res = {
+        "model": art.model,
+        "data": data,
+        **art.evaluate(images, labels, progress=not args.json),
+    }
     _emit(
         args,
         res,
-        f"{art.model} on {res['n']} {args.data} test images: FP32 {res['fp32_top1']:.2f}%  "
+        f"{art.model} on {res['n']} {data} test images: FP32 {res['fp32_top1']:.2f}%  "
         f"fake-quant {res['fakequant_top1']:.2f}%  integer program {res['int_top1']:.2f}%",
     )
 
@@ -315,7 +329,7 @@ def cmd_infer(args) -> None:
     from privquant.launch import infer_local
 
     _sigterm_as_interrupt()
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     x = _client_inputs(args, art.input_shape)
     res = infer_local(
         art,
@@ -325,6 +339,7 @@ def cmd_infer(args) -> None:
         progress=not args.json,
         chunk=args.chunk,
         preprocessing=args.preprocessing,
+        output=args.output,
     )
     rep = res.pop("report")
     res["comm"] = rep.as_dict()
@@ -338,7 +353,10 @@ def cmd_infer(args) -> None:
     print(f"model {res['model']}, {n} image(s), preprocessing: {rep.preprocessing}")
     print(f"label(s):           {res['labels']}")
     print(f"plaintext label(s): {res['plain_labels']}")
-    print(f"logits identical to the plaintext integer program: {res['identical']}")
+    if "topk" in res:
+        print(f"top-k (largest first): {res['topk']}")
+    what = "logits" if args.output == "logits" else f"output ({args.output})"
+    print(f"{what} identical to the plaintext integer program: {res['identical']}")
     print(
         f"per image: online {t['online_bits'] / 8e6 / n:.4f} MB, offline "
         f"{t['offline_bits'] / 8e6 / n:.4f} MB; setup (once per model load) "
@@ -362,7 +380,7 @@ def cmd_serve(args) -> None:
     import privquant
     from privquant.serving import DEFAULT_OUTPUT, Policy, Server
 
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     policy = Policy(
         preprocessing=args.preprocessing,
         output=args.output or DEFAULT_OUTPUT,
@@ -455,7 +473,10 @@ def cmd_client(args) -> None:
         seconds=summary.seconds,
         files=names,
     )
-    _emit(args, res, f"label(s): {res['labels']}")
+    text = f"label(s): {res['labels']}"
+    if "topk" in res:
+        text += f"\ntop-k (largest first): {res['topk']}"
+    _emit(args, res, text)
 
 
 def cmd_keygen(args) -> None:
@@ -483,11 +504,12 @@ def cmd_keygen(args) -> None:
 def cmd_hash(args) -> None:
     import privquant
 
-    art = privquant.load(args.artifact)
+    art = privquant.load(args.artifact, signer=args.signer)
     res = {
         "model": art.model,
         "architecture_hash": art.architecture_hash(),
         "content_hash": art.content_hash,
+        "signer": art.signer,
     }
     _emit(args, res, res["architecture_hash"])
 
@@ -504,6 +526,7 @@ def cmd_bench(args) -> None:
         networks=nets,
         emulate=not args.no_emulation,
         images=args.images,
+        outputs=tuple(o.strip() for o in args.outputs.split(",") if o.strip()),
         crypten_images=args.crypten_images,
         sirnn_width=args.sirnn_width,
         preprocessing=args.preprocessing,
@@ -564,7 +587,7 @@ def _search_data(args, shape):
     Fine-tuning images are the training split minus the validation split
     (``models.data.train_val_split``); the test split (or the shipped sample) is for reporting."""
     from privquant.errors import DataError
-    from privquant.models.data import train_val_split
+    from privquant.models.data import resolve_dataset, train_val_split
     from privquant.quant.selection import EvalData, Split
 
     needs_train = args.qat_epochs > 0 or (args.select_k > 1 and args.select_qat_epochs > 0)
@@ -585,14 +608,8 @@ def _search_data(args, shape):
     except DataError:
         if needs_train or args.select_k > 1:
             raise
-    name = args.data
-    try:
-        test = _load_images(name, "test", args.eval_limit)
-    except DataError:
-        if name != "fashion-mnist":
-            raise
-        name = "fashion-mnist-sample"
-        test = _load_images(name, "test", args.eval_limit)
+    name = resolve_dataset(args.data)
+    test = _load_images(name, "test", args.eval_limit)
     data.test = Split("test", *test)
     return data, name
 
@@ -855,6 +872,25 @@ def _train_options(sp) -> None:
     add_arguments(sp)
 
 
+def _signer_opt(sp):
+    sp.add_argument(
+        "--signer",
+        metavar="FP",
+        help="require the artifact to be signed by this key (fingerprint, >= 32 hex digits, "
+        "or its .fp file)",
+    )
+
+
+def _data_opt(sp) -> None:
+    sp.add_argument(
+        "--data",
+        default="auto",
+        choices=["auto", "fashion-mnist", "fashion-mnist-sample"],
+        help="test images: auto (default) = the full Fashion-MNIST test set when installed, "
+        "else the shipped sample (its first 500 images)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from privquant import __version__
 
@@ -891,6 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="QAT keeps calibration's step sizes (cost stays exactly the PTQ program's)",
     )
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--sign", metavar="KEY", help="sign the artifact with this Ed25519 key file")
     q.add_argument("--out", required=True)
     q.add_argument("--json", action="store_true")
     _train_options(q)
@@ -968,9 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation images carved out of the training split",
     )
     s.add_argument("--val-limit", type=int, default=None, help="score on N validation images")
-    s.add_argument(
-        "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
-    )
+    _data_opt(s)
     s.add_argument("--eval-limit", type=int, default=None, help="evaluate on N test images")
     s.add_argument(
         "--cache", help="directory of evaluated points (a re-run skips what is already there)"
@@ -990,11 +1025,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="FP32 / fake-quant / integer-program top-1 of an artifact")
     e.add_argument("artifact")
-    e.add_argument(
-        "--data", default="fashion-mnist", choices=["fashion-mnist", "fashion-mnist-sample"]
-    )
+    _data_opt(e)
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--json", action="store_true")
+    _signer_opt(e)
     e.set_defaults(func=cmd_eval)
 
     def party_opts(sp):
@@ -1017,11 +1051,7 @@ def build_parser() -> argparse.ArgumentParser:
         if images_dir:
             g.add_argument("--images", metavar="DIR", help="every .png/.npy image in DIR")
         sp.add_argument("--batch", type=_positive_int, default=1)
-        sp.add_argument(
-            "--data",
-            default="fashion-mnist-sample",
-            choices=["fashion-mnist", "fashion-mnist-sample"],
-        )
+        _data_opt(sp)
         sp.add_argument(
             "--chunk",
             type=_positive_int,
@@ -1033,6 +1063,11 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("artifact")
     input_opts(i)
     i.add_argument("--random", type=int, metavar="N", help="N random images (CIFAR models)")
+    i.add_argument(
+        "--output",
+        default="logits",
+        help="what the client learns: logits (default here, to compare them), label or topk:K",
+    )
     i.add_argument("--seed", type=int, default=0)
     i.add_argument(
         "--preprocessing",
@@ -1041,6 +1076,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="dealer: a non-colluding third process; ot: the two parties alone (OT/HE)",
     )
     party_opts(i)
+    _signer_opt(i)
     i.set_defaults(func=cmd_infer)
 
     sv = sub.add_parser("serve", help="long-running server: holds the model, serves clients")
@@ -1058,12 +1094,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument(
         "--output",
         default=None,
-        help="what the client learns: label, topk:K or logits (default: label where this "
-        "build has secure argmax, else logits)",
+        help="what the client learns: label (default: the index of the largest logit, by "
+        "secure argmax), topk:K (the K largest, in order) or logits",
     )
     sv.add_argument("--max-sessions", type=_positive_int, default=4)
     sv.add_argument("--max-batch", type=_positive_int, default=32, help="samples per inference")
     party_opts(sv)
+    _signer_opt(sv)
     sv.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("client", help="client role: holds the input, learns the prediction")
@@ -1090,6 +1127,7 @@ def build_parser() -> argparse.ArgumentParser:
     h = sub.add_parser("hash", help="print an artifact's architecture hash (for --expect-hash)")
     h.add_argument("artifact")
     h.add_argument("--json", action="store_true")
+    _signer_opt(h)
     h.set_defaults(func=cmd_hash)
 
     b = sub.add_parser("bench", help="communication/latency vs CrypTen-native and SiRNN-style")
@@ -1109,6 +1147,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--network", default="all", choices=["lan", "wan", "all", "none"])
     b.add_argument("--no-emulation", action="store_true", help="estimate latency only")
     b.add_argument("--images", type=int, default=1, help="images per private inference")
+    b.add_argument(
+        "--outputs",
+        default="label",
+        help="output policies measured beside the logits (comma list of label, topk:K; '' none)",
+    )
     b.add_argument("--crypten-images", type=int, default=None)
     b.add_argument(
         "--sirnn-width",

@@ -117,11 +117,16 @@ def infer_local(
     progress: bool = False,
     chunk: int = 32,
     preprocessing: str = "dealer",
+    output: str = "logits",
 ) -> dict:
     """Private inference of ``images`` (uint8, (N, *input_shape)) with all roles on this machine.
 
     ``artifact``: a QuantizedModel or a ``.pq`` path (loaded once, here). ``preprocessing``:
-    ``dealer`` (server, client and dealer processes) or ``ot`` (server and client only)."""
+    ``dealer`` (server, client and dealer processes) or ``ot`` (server and client only).
+    ``output``: the output policy (``logits``, ``label`` or ``topk:K``); the result's
+    ``identical`` compares what the client learned with the plaintext integer program (logits,
+    or its top-k indices)."""
+    from privquant.ops.argmax import output_program, plain_topk, policy_k
     from privquant.quantized import QuantizedModel
     from privquant.serving import Policy
 
@@ -129,8 +134,9 @@ def infer_local(
     x = check_input(art.program, images).to(torch.uint8)
     if not 1 <= chunk <= 1 << 16:
         raise PrivQuantError("chunk must be in 1..65536")
-    policy = Policy(preprocessing, output="logits", max_batch=int(min(chunk, len(x))))
+    policy = Policy(preprocessing, output=output, max_batch=int(min(chunk, len(x))))
     dealer = policy.needs_dealer
+    executed = output_program(art.program, output)  # checks K against the model's classes
     ref = run_plain(art.program, x)
     payloads = {
         0: {"program": art.program, "policy": policy, "dealer": dealer},
@@ -172,14 +178,14 @@ def infer_local(
         shutil.rmtree(rdv_dir, ignore_errors=True)
     wall = time.perf_counter() - t0
     cl = outs[1]
-    logits_int = torch.from_numpy(np.asarray(cl["logits_int"], dtype=np.int64))
+    got = torch.from_numpy(np.asarray(cl["logits_int"], dtype=np.int64))
     parties = [outs[r] for r in sorted(outs)]
     secs = {
         "wall": wall,
         **{f"{p['role']}_{k}": v for p in parties for k, v in p["seconds"].items()},
     }
     report = CommReport.from_stats(
-        art.program,
+        executed,
         parties,
         batch=len(x),
         backend=backend,
@@ -187,16 +193,27 @@ def infer_local(
         batches=cl["batches"],
         preprocessing=preprocessing,
     )
-    return {
+    k = policy_k(output)
+    res = {
         "model": art.model,
         "n": len(x),
-        "labels": logits_int.argmax(1).tolist(),
-        "plain_labels": output_logits(art.program, ref).argmax(1).tolist(),
-        "logits": output_logits(art.program, logits_int).tolist(),
-        "identical": bool(torch.equal(logits_int, ref)),
+        "output": output,
+        "plain_labels": plain_topk(ref, 1)[:, 0].tolist(),
         "batches": cl["batches"],
+        "peak_rss_mb": {ROLES[r]: outs[r].get("peak_rss_mb") for r in sorted(outs)},
         "report": report,
     }
+    if k is None:
+        res.update(
+            labels=plain_topk(got, 1)[:, 0].tolist(),
+            logits=output_logits(art.program, got).tolist(),
+            identical=bool(torch.equal(got, ref)),
+        )
+    else:
+        res.update(labels=got[:, 0].tolist(), identical=bool(torch.equal(got, plain_topk(ref, k))))
+        if output != "label":
+            res["topk"] = got.tolist()
+    return res
 
 
 def infer(
@@ -207,12 +224,14 @@ def infer(
     timeout: float = 60.0,
     progress: bool = False,
     preprocessing: str = "dealer",
+    output: str = "logits",
 ) -> dict:
     """Python API: private inference of ``x`` with all parties on this machine.
 
-    ``artifact`` is a QuantizedModel or a ``.pq`` path; returns the client's labels and logits,
-    the plaintext labels, ``identical`` (logits == plaintext integer program) and a CommReport.
-    ``preprocessing``: ``dealer`` (a non-colluding third process) or ``ot`` (two parties only).
+    ``artifact`` is a QuantizedModel or a ``.pq`` path; returns the client's labels (and logits
+    or top-k), the plaintext labels, ``identical`` (what the client learned == the plaintext
+    integer program's) and a CommReport. ``preprocessing``: ``dealer`` (a non-colluding third
+    process) or ``ot`` (two parties only); ``output``: ``logits``, ``label`` or ``topk:K``.
     """
     return infer_local(
         artifact,
@@ -221,6 +240,7 @@ def infer(
         timeout=timeout,
         progress=progress,
         preprocessing=preprocessing,
+        output=output,
     )
 
 

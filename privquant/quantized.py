@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from privquant import __version__
-from privquant.artifact import read_container, write_container
+from privquant.artifact import read_signed_container, write_container
 from privquant.errors import ArtifactError, PrivQuantError
 from privquant.program import (
     Program,
@@ -39,6 +39,7 @@ class QuantizedModel:
     program: Program
     info: dict = field(default_factory=dict)
     content_hash: str | None = None
+    signer: str | None = None  # fingerprint of the key that signed the loaded/saved artifact
 
     @property
     def model(self) -> str:
@@ -71,21 +72,35 @@ class QuantizedModel:
         )
 
     @torch.no_grad()
-    def evaluate(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> dict:
-        """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images."""
-        return evaluate(
-            self.qmodel("float"), self.qmodel("quant"), self.program, images, labels, batch_size
-        )
+    def evaluate(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int = 500,
+        progress: bool = False,
+    ) -> dict:
+        """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images
+        (``progress``: a bar on stderr)."""
+        fp, fq = self.qmodel("float"), self.qmodel("quant")
+        return evaluate(fp, fq, self.program, images, labels, batch_size, progress=progress)
 
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | Path) -> str:
+    def save(self, path: str | Path, sign=None) -> str:
+        """Write the artifact; ``sign``: an Ed25519 key (file path or ``Identity``) that signs
+        it (:mod:`privquant.artifact`). Returns the content hash."""
+        from privquant.protocols.transport.keys import Identity
+
+        key = Identity.load(sign) if isinstance(sign, str | Path) else sign
         meta, arrays = self._to_container()
-        self.content_hash = write_container(path, meta, arrays)
+        self.content_hash = write_container(path, meta, arrays, signer=key)
+        self.signer = key.fingerprint if key is not None else None
         return self.content_hash
 
     @classmethod
-    def load(cls, path: str | Path) -> QuantizedModel:
-        meta, arrays, digest = read_container(path)
+    def load(cls, path: str | Path, signer: str | None = None) -> QuantizedModel:
+        """Load and verify an artifact; ``signer`` (a key fingerprint, prefix or ``.fp`` file)
+        requires a valid signature by that key."""
+        meta, arrays, digest, signed_by = read_signed_container(path, signer)
         try:
             obj = cls._from_container(meta, arrays)
         except ArtifactError:
@@ -94,7 +109,7 @@ class QuantizedModel:
             raise ArtifactError(f"artifact {path} is malformed: {e}") from None
         except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
             raise ArtifactError(f"artifact {path} is malformed: {e!r}") from None
-        obj.content_hash = digest
+        obj.content_hash, obj.signer = digest, signed_by
         return obj
 
     def _to_container(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -216,6 +231,7 @@ def quantize(
     return QuantizedModel(q.graph, q.bits, q.state(), q.program, q.info)
 
 
-def load(path: str | Path) -> QuantizedModel:
-    """Load a ``.pq`` artifact (verified, pickle-free)."""
-    return QuantizedModel.load(path)
+def load(path: str | Path, signer: str | None = None) -> QuantizedModel:
+    """Load a ``.pq`` artifact (verified, pickle-free); ``signer`` pins the key that must have
+    signed it (fingerprint, prefix of >= 32 hex digits, or a ``.fp`` file)."""
+    return QuantizedModel.load(path, signer=signer)

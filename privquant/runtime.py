@@ -23,7 +23,9 @@ import torch
 from tqdm import tqdm
 
 from privquant import ops
+from privquant._memory import release_freed_memory
 from privquant.errors import PrivQuantError
+from privquant.ops.argmax import output_program
 from privquant.program import Program, check_input, ring_bits
 from privquant.protocols.preprocessing.dealer import establish_seeds, make_provider
 from privquant.protocols.preprocessing.ot_provider import DEFAULT_K, OtProvider
@@ -99,8 +101,9 @@ def run_role(
 
 
 # ------------------------------------------------------------------------------------ sessions
-# Output policies this runtime can execute. The lead's secure argmax adds "label" / "topk:K".
-OUTPUT_POLICIES = ("logits",)
+# Output policies this runtime can execute (``topk`` is written ``topk:K``): the argmax op is
+# appended per policy by ``privquant.ops.argmax.output_program``.
+OUTPUT_POLICIES = ("label", "topk", "logits")
 PREPROCESSING_MODES = ("dealer", "ot")
 
 
@@ -124,6 +127,10 @@ class Session:
     activation is freed after its last reader, so memory follows the widest layer, not the
     network. Traffic and rounds are exactly those of :func:`run_role` for the same batch
     (phases have separate clocks); the per-layer scopes accumulate over inferences.
+
+    ``output`` is the output policy (``label``, ``topk:K`` or ``logits``): every role runs
+    :func:`~privquant.ops.argmax.output_program` of its program, so ``self.program`` includes
+    the policy's argmax op.
     """
 
     def __init__(
@@ -145,11 +152,7 @@ class Session:
                 f"preprocessing {preprocessing!r} is not available in this build "
                 f"(available: {', '.join(PREPROCESSING_MODES)})"
             )
-        if output not in OUTPUT_POLICIES:
-            raise PrivQuantError(
-                f"output policy {output!r} is not available in this build "
-                f"(available: {', '.join(OUTPUT_POLICIES)})"
-            )
+        program = output_program(program, output)  # checks the policy against the program
         if party.rank == SERVER and not program.has_weights:
             raise PrivQuantError("the server needs the full program (with weights)")
         if preprocessing == "ot" and (party.rank == DEALER or simulated):
@@ -191,7 +194,8 @@ class Session:
         self.seconds["setup"] = time.perf_counter() - t0
 
     def infer(self, batch: int, x: torch.Tensor | None = None) -> RoleResult:
-        """One inference of ``batch`` samples; the client's result holds the logits."""
+        """One inference of ``batch`` samples; the client's result (``.logits``) holds what the
+        output policy opens: the logits, or the ``k`` indices per sample (``label``/``topk:K``)."""
         if self.states is None:
             raise PrivQuantError("Session.setup() must run before infer()")
         party, program, rank = self.party, self.program, self.party.rank
@@ -231,6 +235,7 @@ class Session:
             for t in op.inputs:
                 if self._last.get(t) == i:
                     env.pop(t, None)
+            release_freed_memory()  # the layer's temporaries back to the OS (privquant._memory)
             bar.update(1)
         bar.close()
         logits = env.get(program.output_op.output) if rank == CLIENT else None

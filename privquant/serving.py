@@ -52,7 +52,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from privquant._memory import peak_rss_mb
 from privquant.errors import PeerError, PrivQuantError
+from privquant.ops.argmax import output_program, plain_topk, policy_k
 from privquant.program import Program, check_input, output_logits
 from privquant.protocols.transport import framing, tls
 from privquant.protocols.transport.channel import CLIENT, DEALER, PARTY_NAMES, SERVER, Party
@@ -103,9 +105,7 @@ class Policy:
     def __post_init__(self):
         if self.preprocessing not in ("dealer", "ot"):
             raise PrivQuantError(f"preprocessing must be dealer or ot, not {self.preprocessing!r}")
-        out = self.output
-        if not (out in ("label", "logits") or (out.startswith("topk:") and out[5:].isdigit())):
-            raise PrivQuantError(f"output policy must be label, topk:K or logits, not {out!r}")
+        policy_k(self.output)  # label, topk:K (K >= 1) or logits
         if not isinstance(self.max_batch, int) or not 1 <= self.max_batch <= 1 << 16:
             raise PrivQuantError(f"max batch must be in 1..65536, got {self.max_batch!r}")
 
@@ -134,7 +134,7 @@ class Policy:
             raise PrivQuantError(
                 f"preprocessing {self.preprocessing!r} is not available in this build"
             )
-        if self.output not in OUTPUT_POLICIES:
+        if self.output.split(":")[0] not in OUTPUT_POLICIES:
             raise PrivQuantError(
                 f"output policy {self.output!r} is not available in this build "
                 f"(available: {', '.join(OUTPUT_POLICIES)})"
@@ -274,6 +274,7 @@ class SessionSummary:
 
     def as_dict(self) -> dict:
         return {
+            "peak_rss_mb": peak_rss_mb(),  # this process's peak so far
             "role": self.role,
             "inferences": self.inferences,
             "samples": self.samples,
@@ -387,6 +388,7 @@ class ClientSession:
             if problem is None:
                 try:
                     policy.check_supported()
+                    output_program(program, policy.output)
                 except PrivQuantError as e:
                     problem = f"{e}; refusing before any secret is sent"
             for dst in (SERVER, DEALER) if policy.needs_dealer else (SERVER,):
@@ -413,7 +415,8 @@ class ClientSession:
         return check_input(self.program, x)
 
     def infer(self, x) -> torch.Tensor:
-        """Logits (int64) of every sample of ``x`` (uint8, (N, *input_shape))."""
+        """What the output policy opens for every sample of ``x`` (uint8, (N, *input_shape)):
+        the logits (int64, (N, classes)) or the ``k`` indices (int64, (N, k))."""
         if self.session is None or self._ended:
             raise PrivQuantError("the session is not open")
         x = check_input(self.program, x)
@@ -449,8 +452,20 @@ def logits_result(program: Program, logits: torch.Tensor) -> dict:
     return {
         "logits_int": logits.tolist(),
         "logits": output_logits(program, logits).tolist(),
-        "labels": logits.argmax(1).tolist() if logits.numel() else [],
+        "labels": plain_topk(logits, 1)[:, 0].tolist() if logits.numel() else [],
     }
+
+
+def prediction_result(program: Program, output: str, out: torch.Tensor) -> dict:
+    """The client's result under output policy ``output``: ``labels`` always; ``topk`` (the K
+    indices per sample, largest first) under ``topk:K``; the logits only under ``logits``."""
+    k = policy_k(output)
+    if k is None:
+        return {"output": output, **logits_result(program, out)}
+    res = {"output": output, "labels": out[:, 0].tolist() if out.numel() else []}
+    if output != "label":
+        res["topk"] = out.tolist()
+    return res
 
 
 # ------------------------------------------------------------------------------------ network
@@ -677,9 +692,10 @@ class Server(_Service):
         self.program = _as_program(model)
         if not self.program.has_weights:
             raise PrivQuantError("the server needs an artifact with weights")
-        self.identity = _load_identity(key)
         self.policy = policy or Policy()
         self.policy.check_supported()
+        output_program(self.program, self.policy.output)  # K <= classes, a logit vector
+        self.identity = _load_identity(key)
         self.backend = backend
         self.digest = self.program.architecture_hash()
         if self.policy.needs_dealer:
@@ -987,7 +1003,7 @@ class Client:
 
         with privquant.Client("server:29500", server_key=FP, dealer_key=FP2,
                               expect_hash=H) as c:
-            out = c.infer(images)          # {"labels", "logits", "logits_int"}
+            out = c.infer(images)   # {"labels"} (+ "topk", or "logits", "logits_int")
 
     The session's setup runs once on entering; every :meth:`infer` call runs one inference per
     chunk of at most the server's ``max_batch`` images.
@@ -1050,7 +1066,10 @@ class Client:
         except PeerError:
             self._abort()
             raise
-        return {"model": self.program.model, **logits_result(self.program, logits)}
+        return {
+            "model": self.program.model,
+            **prediction_result(self.program, self.policy.output, logits),
+        }
 
     def close(self) -> SessionSummary | None:
         if self.session is None:

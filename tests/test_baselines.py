@@ -172,6 +172,11 @@ def test_bench_cli_writes_report_json_md_png(tmp_path):
     assert rows["sirnn-style"]["same_trust_model"] is False
     assert "dealer-free" in rows["sirnn-style"]["compares"]
     assert rows["sirnn-style"]["total_mb"] < rows["sirnn-style-16"]["total_mb"]
+    # label-only output (secure argmax) beside the logits: exact, and a few hundred bits more
+    label, logits = rows["privquant-label"], rows["privquant"]
+    assert label["identical_to_plaintext"] is True
+    assert 0 < label["online_mb"] - logits["online_mb"] < 0.005 * logits["online_mb"]
+    assert label["rounds"] > logits["rounds"]
     assert "lan" in rep["latency"]["backends"]["privquant"]["estimate"]
     assert (out / "comm.png").read_bytes()[:4] == b"\x89PNG"
     assert "sirnn-style" in (out / "report.md").read_text()

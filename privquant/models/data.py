@@ -31,6 +31,7 @@ FMNIST_DIR_ENV = "PRIVQUANT_FMNIST_DIR"
 FMNIST_PACKAGE = "dataset-fashion-mnist"
 SAMPLE_PATH = Path(__file__).resolve().parent / "samples" / "fashion_mnist_test_500.npz"
 DATASET_NAMES = ("fashion-mnist", "fashion-mnist-sample")
+AUTO = "auto"  # the full test set when installed, else the shipped sample (its first 500)
 
 _FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -170,10 +171,30 @@ def load_sample(limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64))
 
 
+def fashion_mnist_available(split: str = "test") -> bool:
+    """True if the full Fashion-MNIST ``split`` is installed (:func:`fmnist_dir`)."""
+    try:
+        for stem in _FILES[split]:
+            _idx_file(fmnist_dir(), stem)
+    except DataError:
+        return False
+    return True
+
+
+def resolve_dataset(name: str) -> str:
+    """``auto`` -> ``fashion-mnist`` if installed, else ``fashion-mnist-sample`` (the same
+    first 500 test images); other names unchanged. The one default of every command."""
+    if name == AUTO:
+        return "fashion-mnist" if fashion_mnist_available() else "fashion-mnist-sample"
+    return name
+
+
 def load_dataset(
     name: str, split: str = "test", limit: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Load a dataset by name: "fashion-mnist" (package data) or "fashion-mnist-sample"."""
+    """Load a dataset by name: "fashion-mnist" (package data), "fashion-mnist-sample" or "auto"
+    (:func:`resolve_dataset`)."""
+    name = resolve_dataset(name)
     if name == "fashion-mnist":
         return load_fashion_mnist(split, limit)
     if name == "fashion-mnist-sample":

@@ -13,6 +13,7 @@ from __future__ import annotations
 from privquant.errors import PrivQuantError
 from privquant.ops import (
     affine,
+    argmax,
     concat,
     conv2d,
     flatten,
@@ -45,6 +46,7 @@ MODULES = (
     mul,
     concat,
     affine,
+    argmax,
     output,
 )
 KINDS: dict[str, OpKind] = {m.KIND.name: m.KIND for m in MODULES if hasattr(m, "KIND")}

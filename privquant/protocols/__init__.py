@@ -19,6 +19,7 @@ protocols (this package)    one shape (``base.Protocol``: ``online_cost``, ``nee
                             ``basic`` (open, input, output, local ops), ``linear``, ``requant``
                             (fused and unfused), ``maxpool``, ``lut`` (table lookups),
                             ``mul`` (Beaver products)
+                            (fused and unfused), ``maxpool``, ``argmax`` (secure top-k)
 ``harness``                 ``run_protocol`` / ``run_roles``: one protocol end to end over threads
 ``catalogue``               the table below, rendered from the code
 ==========================  ===================================================================
@@ -45,6 +46,8 @@ requant (unfused)          n=1000, L=20, k=12, L'=20  158000  219000   0      12
 maxpool 2x2                8x8x16 in, 4-bit, L=6      13824   18432    0      6
 lut 4-bit -> Z_2^16        n=1000, 4-bit output       10000   96000    0      2
 mul x * y                  n=1000, ell=16             64000   16000    0      1
+argmax (label)             1 image, 10 classes, L=16  3456    3168     0      6
+top-3                      1 image, 10 classes, L=16  3464    2940     0      7
 =========================  =========================  ======  =======  =====  ======
 
 .. catalogue-end

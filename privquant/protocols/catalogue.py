@@ -5,6 +5,7 @@ signatures, under the dealer. ``render()`` produces the table that the package d
 
 from __future__ import annotations
 
+from privquant.protocols.argmax import ARGMAX, ArgmaxSig
 from privquant.protocols.basic import OPEN, OPEN_TO, OpenSig, OpenToSig
 from privquant.protocols.compare import CIRCUIT, COMPARE, CompareSig, Group, circuit
 from privquant.protocols.lift import LIFT, LiftSig
@@ -38,6 +39,9 @@ def examples():
     gelu4 = LutSig(N, 4, -8, tuple([0] * 8 + list(range(0, 15, 2))), 0, 15, 16)
     yield "lut 4-bit -> Z_2^16", f"n={N}, 4-bit output", LUT, gelu4
     yield "mul x * y", f"n={N}, ell=16", MUL, MulSig((N,), (N,), 16)
+    lo, hi = -(1 << 14), (1 << 14) - 1
+    yield "argmax (label)", "1 image, 10 classes, L=16", ARGMAX, ArgmaxSig(1, 10, 1, lo, hi, 16, 5)
+    yield "top-3", "1 image, 10 classes, L=16", ARGMAX, ArgmaxSig(1, 10, 3, lo, hi, 16, 5)
 
 
 def render() -> str:

@@ -132,12 +132,17 @@ def evaluate(
     images: torch.Tensor,
     labels: torch.Tensor,
     batch_size: int = EVAL_BATCH,
+    progress: bool = False,
 ) -> dict:
-    """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images."""
+    """Top-1 (percent) of FP32, fake-quant and integer program on the same uint8 images
+    (``progress``: a bar on stderr)."""
+    from tqdm import tqdm
+
     _check_eval(images, labels)
     hits = {"fp32": 0, "fakequant": 0, "int": 0}
     agree = 0
-    for i in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for i in tqdm(starts, desc="evaluate", unit="batch", disable=not progress, leave=False):
         x, y = images[i : i + batch_size], labels[i : i + batch_size]
         xf = x.float() / 255.0
         p_fp = fp(xf).argmax(1)
