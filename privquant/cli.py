@@ -687,6 +687,7 @@ def cmd_search(args) -> None:
         amortize=args.amortize,
         include_setup=args.include_setup,
         batch=args.batch,
+        preprocessing=args.preprocessing,
         time_limit=args.time_limit,
         progress=progress,
     )
@@ -712,7 +713,7 @@ def cmd_search(args) -> None:
             cache=cache,
             log=log,
         )
-        table.update(test_data=test_name)
+        table.update(test_data=test_name, preprocessing=args.preprocessing)
         png = out.with_suffix(".png")
         S.write_json(table, out)
         plotted = data.test is not None
@@ -764,6 +765,7 @@ def cmd_search(args) -> None:
         sensitivity_method=searcher.sens.method,
         candidates={"w": list(wbits), "a": list(abits)},
         batch=args.batch,
+        preprocessing=args.preprocessing,
         amortize=args.amortize,
         include_setup=args.include_setup,
         calib=args.calib,
@@ -782,6 +784,7 @@ def cmd_search(args) -> None:
         "sensitivity": r.sensitivity,
         "limits": r.limits,
         "objective": r.objective,
+        "preprocessing": args.preprocessing,
         "solves": r.iterations,
         "selection": selection,
         "seconds": {**searcher.seconds, "search": r.seconds},
@@ -792,7 +795,8 @@ def cmd_search(args) -> None:
     lines = [f"{'layer':<28}{'w':>3}{'a':>3}"]
     lines += [f"{n:<28}{b.w:>3}{b.a:>3}" for n, b in r.assignment.layers.items()]
     lines.append(
-        f"predicted (PTQ program, exact): {m['mb']:.4f} MB online+offline "
+        f"predicted (PTQ program, exact, {args.preprocessing} preprocessing): "
+        f"{m['mb']:.4f} MB online+offline "
         f"({c.online_bits / 8e6:.4f} + {c.offline_bits / 8e6:.4f}), setup {c.setup_bits / 8e6:.4f}"
         f" MB, {c.rounds} rounds, est. LAN {m['lan']:.1f} ms / WAN {m['wan']:.0f} ms"
     )
@@ -1015,6 +1019,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="small data and short fine-tuning (tests, iteration): "
         + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
+    )
+    s.add_argument(
+        "--preprocessing",
+        default="dealer",
+        choices=["dealer", "ot"],
+        help="trust model the costs are for: a non-colluding dealer, or the two parties alone "
+        "(ot: OT/HE; rounds are then an upper bound)",
     )
     s.add_argument("--time-limit", type=float, default=120.0, help="MILP seconds per solve")
     s.add_argument("--table", help="also write the cost table (JSON) here")

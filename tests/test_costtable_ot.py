@@ -36,3 +36,40 @@ def test_ot_cost_table_bits_exact_rounds_bounded():
     dealer = build_cost_table(g, wbits=(4, 8), abits=(4, 8), scales=scales)
     dt, dper = dealer.evaluate(v)
     assert "he.keys" not in dper and dt.offline_bits < total.offline_bits
+
+
+def test_cli_search_under_the_dealer_free_provider(tmp_path, capsys):
+    """search --preprocessing ot: the budget is in the dealer-free costs, and the prediction is
+    exactly what the quantized artifact declares under the same provider."""
+    import json
+
+    import privquant
+    from privquant import cli
+
+    lo = program_cost(_uniform(2), preprocessing="ot")[0]
+    hi = program_cost(_uniform(8), preprocessing="ot")[0]
+    mb = lambda c: (c.online_bits + c.offline_bits) / 8e6  # noqa: E731
+    budget = round((mb(lo) + mb(hi)) / 2, 3)
+    assert budget < mb(hi)  # a dealer-mode budget of this size would admit w8a8: not here
+    out = tmp_path / "a.json"
+    args = ["search", "--model", "lenet5", "--budget-mb", str(budget), "--wbits", "2,8"]
+    args += ["--abits", "2,8", "--preprocessing", "ot", "--hutchinson-iters", "4"]
+    args += ["--eval-limit", "20", "--out", str(out), "--json"]
+    assert cli.main(args) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["preprocessing"] == "ot" and res["predicted_metrics"]["mb"] <= budget
+    pq = tmp_path / "a.pq"
+    assert (
+        cli.main(["quantize", "--model", "lenet5", "--assignment", str(out), "--out", str(pq)]) == 0
+    )
+    capsys.readouterr()
+    got = program_cost(privquant.load(pq).program, preprocessing="ot")[0]
+    assert got.as_dict() == res["predicted"]
+
+
+def _uniform(b: int):
+    import privquant
+
+    return privquant.quantize(
+        load_reference("lenet5"), load_calibration(64), f"w{b}a{b}", name="lenet5", progress=False
+    ).program

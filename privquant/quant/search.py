@@ -74,6 +74,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from privquant.baselines.latency import NETWORKS
 from privquant.errors import PrivQuantError
+from privquant.protocols.preprocessing.base import check_mode
 from privquant.protocols.primitives.cost import Cost
 from privquant.quant.costtable import (
     DEFAULT_ABITS,
@@ -482,6 +483,7 @@ class Searcher:
         iters: int = 32,
         sens_batch: int | None = None,
         backend: str = "privquant",
+        preprocessing: str = "dealer",
         batch: int = 1,
         amortize: int = DEFAULT_AMORTIZE,
         include_setup: bool = False,
@@ -493,6 +495,7 @@ class Searcher:
         self.model, self.name, self.input_shape = model, name, tuple(input_shape)
         self.calib = check_calibration(calib, self.input_shape)
         self.backend, self.batch = backend, batch
+        self.preprocessing = check_mode(preprocessing)
         self.amortize, self.include_setup = amortize, include_setup
         self.time_limit = time_limit
         self.progress = progress
@@ -508,6 +511,7 @@ class Searcher:
                 backend=backend,
                 batch=batch,
                 scales=self.scales,
+                preprocessing=self.preprocessing,
                 progress=progress,
             )
             t2 = time.perf_counter()
@@ -554,6 +558,7 @@ class Searcher:
         if not hasattr(self, "_fingerprint"):
             h = hashlib.sha256()
             h.update(repr((self.name, self.input_shape, self.backend, self.batch)).encode())
+            h.update(self.preprocessing.encode())
             h.update(repr((self.wbits, self.abits, self.amortize, self.include_setup)).encode())
             for n in self.graph.layers:
                 h.update(n.name.encode())
@@ -622,7 +627,12 @@ class Searcher:
         if key not in self._exact:
             with single_thread():
                 q = self.quantize(values, progress=False)
-            total, _ = program_cost(q.program, batch=self.batch, backend=self.backend)
+            total, _ = program_cost(
+                q.program,
+                batch=self.batch,
+                backend=self.backend,
+                preprocessing=self.preprocessing,
+            )
             self._exact[key] = (total, q)
         return self._exact[key]
 

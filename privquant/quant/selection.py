@@ -205,7 +205,12 @@ def train_point(
     else:
         q = searcher.ptq(values)[1]
     t1 = time.perf_counter()
-    total, _ = program_cost(q.program, batch=searcher.batch, backend=searcher.backend)
+    total, _ = program_cost(
+        q.program,
+        batch=searcher.batch,
+        backend=searcher.backend,
+        preprocessing=searcher.preprocessing,
+    )
     scores: dict[str, dict] = {}
     with single_thread():
         for s in evals:
