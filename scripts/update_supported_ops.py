@@ -4,7 +4,7 @@ that the two agree): ``python scripts/update_supported_ops.py``."""
 import re
 from pathlib import Path
 
-from privquant.ops import supported_ops_markdown
+from privquant.quant.graph import supported_ops_markdown
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 text = README.read_text()

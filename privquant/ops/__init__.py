@@ -62,22 +62,6 @@ GRAPH_KINDS: dict[str, GraphKind] = {g.name: g for m in MODULES for g in _graphs
 BACKENDS = ("privquant", "privquant-unfused")
 
 
-def supported_ops() -> list[tuple[str, str]]:
-    """(PyTorch spelling, what it becomes) for every supported operation: capture's own rules
-    and each graph kind's ``supported`` rows, in table order."""
-    from privquant.quant.graph import CAPTURE_RULES
-
-    rows = [row for g in GRAPH_KINDS.values() for row in g.supported]
-    return rows + list(CAPTURE_RULES)
-
-
-def supported_ops_markdown() -> str:
-    """The README's supported-ops table (a test keeps README.md equal to it)."""
-    lines = ["| PyTorch | becomes |", "|---|---|"]
-    lines += [f"| {a} | {b} |" for a, b in supported_ops()]
-    return "\n".join(lines) + "\n"
-
-
 def get(kind: str) -> OpKind:
     """The :class:`OpKind` of ``kind`` (``PrivQuantError`` if unknown)."""
     try:
@@ -140,6 +124,4 @@ __all__ = [
     "op_cost",
     "protocol",
     "signature",
-    "supported_ops",
-    "supported_ops_markdown",
 ]

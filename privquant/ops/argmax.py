@@ -51,7 +51,7 @@ def output_program(program, output: str):
     k = policy_k(output)
     if k is None:
         return program
-    from privquant.program import Op, TensorInfo
+    from privquant.ir import Op, TensorInfo
 
     out_op = program.output_op
     src = out_op.inputs[0]

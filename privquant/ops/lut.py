@@ -367,7 +367,7 @@ class LutGraph(GraphKind):
 
     def requant(self, node, ctx, outs, qz):
         from privquant.ir import Op
-        from privquant.quant.lower import requant_clip
+        from privquant.ops.requant import requant_clip
 
         x = outs[0]
         xin = ctx.info(x)

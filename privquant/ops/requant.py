@@ -13,6 +13,7 @@ shared in at least the pre-sum's ring (an ``own`` atom: ``signed_bits`` of the p
 
 from __future__ import annotations
 
+import math
 import operator
 from typing import ClassVar
 
@@ -49,6 +50,15 @@ def _chan(a: np.ndarray, ndim: int) -> torch.Tensor:
 
 def _tuple(a) -> tuple[int, ...]:
     return tuple(np.asarray(a, dtype=np.int64).reshape(-1).tolist())
+
+
+def requant_clip(qz, s_out: float) -> tuple[int, int]:
+    """Output clip range of a requant of quantizer ``qz`` (an ActQuantizer): its grid (ReLU6
+    also caps at 6)."""
+    lo, hi = qz.qmin, qz.qmax
+    if qz.relu6:
+        hi = min(hi, math.floor(6.0 / s_out + 0.5))
+    return lo, hi
 
 
 class AddGraph(GraphKind):

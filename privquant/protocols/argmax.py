@@ -460,7 +460,7 @@ class Argmax(Protocol):
             full[1 << q] = pre.rbits[q]
         for row, m in enumerate(compare.multi_masks(wb)):
             full[m] = pre.monos[row]
-        _lt, eq_t = compare._tables(wb)
+        eq_t = _eq_table(wb)
         e = torch.stack(
             [((eq_t[ring.reduce(c - m, wb)] & full.T).sum(1) & 1).to(torch.uint8)
              for m in range(sig.k)]
@@ -472,6 +472,20 @@ class Argmax(Protocol):
             poly = poly + Poly.const(i) * Poly.var(f"e{i:02d}")
         idx = SELECTION.online(party, spec, ppre, poly.reduced(sig.ell_out), bits, tag="amr.index")
         return idx.reshape(n, sig.k)
+
+
+_EQ: dict[int, torch.Tensor] = {}
+
+
+def _eq_table(s: int) -> torch.Tensor:
+    """ANF coefficients (2^s public values v, 2^s monomial masks) uint8 of ``r -> [v == r]``
+    over ``s``-bit ``r``: ``[v == r]`` is the parity of row ``v`` AND the monomials of ``r``."""
+    if s not in _EQ:
+        vals = range(1 << s)
+        _EQ[s] = torch.tensor(
+            [compare._anf([int(v == r) for r in vals]) for v in vals], dtype=torch.uint8
+        )
+    return _EQ[s]
 
 
 ARGMAX = Argmax()

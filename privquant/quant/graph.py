@@ -34,7 +34,15 @@ from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.ops.graph import QNode
 
-__all__ = ["QGraph", "QNode", "capture", "is_layer", "is_transparent"]
+__all__ = [
+    "QGraph",
+    "QNode",
+    "capture",
+    "is_layer",
+    "is_transparent",
+    "supported_ops",
+    "supported_ops_markdown",
+]
 
 
 def is_layer(node: QNode) -> bool:
@@ -478,3 +486,17 @@ def _fold_input_map(layer: QNode, by_name: dict, nodes: list, fx_users: dict) ->
     layer.inputs = list(m.inputs)
     nodes.remove(m)
     del by_name[m.name]
+
+
+def supported_ops() -> list[tuple[str, str]]:
+    """(PyTorch spelling, what it becomes) for every supported operation: capture's own rules
+    and each graph kind's ``supported`` rows, in table order."""
+    rows = [row for g in ops.GRAPH_KINDS.values() for row in g.supported]
+    return rows + list(CAPTURE_RULES)
+
+
+def supported_ops_markdown() -> str:
+    """The README's supported-ops table (a test keeps README.md equal to it)."""
+    lines = ["| PyTorch | becomes |", "|---|---|"]
+    lines += [f"| {a} | {b} |" for a, b in supported_ops()]
+    return "\n".join(lines) + "\n"

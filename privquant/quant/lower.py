@@ -19,6 +19,7 @@ import torch
 from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.ops.conv2d import smallest_signed as smallest_signed
+from privquant.ops.requant import requant_clip as requant_clip
 from privquant.program import Op, Program, TensorInfo, requant_presum_bounds
 from privquant.quant.fakequant import ActQuantizer, QModel
 from privquant.quant.graph import QGraph
@@ -58,14 +59,6 @@ def _i64(a) -> np.ndarray:
 
 # |pre-sum| < 2^60 keeps it (and its ring, signed) inside the runtime's 62-bit limit
 PRESUM_LOG2_LIMIT = 60
-
-
-def requant_clip(qz: ActQuantizer, s_out: float) -> tuple[int, int]:
-    """Output clip range of a requant: the quantizer's grid (ReLU6 also caps at 6)."""
-    lo, hi = qz.qmin, qz.qmax
-    if qz.relu6:
-        hi = min(hi, math.floor(6.0 / s_out + 0.5))
-    return lo, hi
 
 
 def requant_op(
