@@ -10,7 +10,8 @@ Two-party protocol: :class:`privquant.protocols.mul.Mul` (Beaver triple from the
 exchange of ``d = x - a`` and ``e = y - b``: ``2*(nx + ny)*L`` online bits, ``nz*L`` offline
 bits, 1 round; a square ``x * x`` opens ``d`` only); without a dealer (``ot``):
 :class:`privquant.protocols.ot.mul.OtMul` (the cross terms ``x0*y1``, ``x1*y0`` by COT/Gilboa
-products, ``nz*L*(L+3)`` online bits, 1 round; see there why not Beaver triples by OT).
+products, one OT per bit of the smaller factor: ``2*na*L + nz*L*(L+1)`` online bits, 1 round;
+see there why not Beaver triples by OT).
 Ring: computed modulo the product's ring, so both factors are shared in at least that ring
 (``ring_linear``).
 """
