@@ -244,9 +244,18 @@ def test_zoo_costs_in_ot_mode(zoo_w4a4, name):
     from privquant.costs import program_cost
 
     art = zoo_w4a4(name)
+    from privquant.program import ring_bits
+
     total, scopes = program_cost(art.program, preprocessing="ot")
     assert total.online_bits > 0 and total.rounds > 0
     kinds = {op.kind for op in art.program.ops}
+    rings = ring_bits(art.program)
+    for op in art.program.ops:
+        if op.kind in ("lut", "mul"):
+            proto = OT_LUT if op.kind == "lut" else OT_MUL
+            c = proto.cost(ops.signature(op, art.program, rings, 1))
+            assert c.online_bits > 0 and c.offline_bits > 0
+            assert scopes[op.name].online_bits >= c.online_bits
     assert "lut" in kinds
     assert name != "cat-mul" or {"mul", "concat"} <= kinds
     assert name != "mobile-silu" or "mul" in kinds
