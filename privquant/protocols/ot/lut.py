@@ -65,6 +65,7 @@ from privquant.protocols.ot.common import (
     Batch,
     OtProtocol,
     lamport_depth,
+    private_ring,
     rot_bits,
     session_of,
 )
@@ -117,6 +118,24 @@ def plan(k: int, sig: LutSig) -> tuple[str, int]:
     return best
 
 
+def _table_online(
+    party: Party, pre: nofn.NofNSend, base: np.ndarray, i0: np.ndarray, t: int, tag: str
+) -> np.ndarray:
+    """P0's half of :func:`privquant.protocols.preprocessing.ot.lut.table_online` (``add``) for
+    the rotated tables ``T_e(j) = T'[(i0_e + j) mod N]``, the rotation by ``i0`` and the index
+    derandomization ``j xor s`` composed into one gather (no per-element table is built).
+    Returns P0's share ``rho``; the messages match :func:`~privquant.protocols.preprocessing.ot.
+    lut.index_online`."""
+    n, size = len(pre), 1 << pre.m
+    mask = np.uint64((1 << t) - 1)
+    s = party.recv(party.peer, (n,), pre.m, f"{tag}.s", phase="online").numpy()
+    idx = (i0[:, None] + (np.arange(size)[None, :] ^ s[:, None])) & (size - 1)
+    rho = private_ring((n,), t).numpy().view(np.uint64)
+    msg = (base.view(np.uint64)[idx] - rho[:, None] + pre.keys(t)) & mask
+    party.send(party.peer, torch.from_numpy(msg.view(np.int64)), t, f"{tag}.T", phase="online")
+    return rho.view(np.int64)
+
+
 @dataclass
 class OtLutPre:
     ot: nofn.NofNSend | nofn.NofNRecv
@@ -163,15 +182,13 @@ class OtLut(OtProtocol):
         if kind == "const" or sig.n == 0:
             v = sig.table[0] if me == SERVER else 0
             return ring.reduce(torch.full(shape, v, dtype=torch.int64), sig.ell)
-        nb, size = sig.nb, 1 << sig.nb
+        nb = sig.nb
         if me == SERVER:
             i0 = ring.reduce(x.reshape(-1) - sig.lo, nb).numpy()
             base = np.asarray(sig.table, dtype=np.int64)
             if kind == "lift":
                 base = base - sig.out_lo
-            # per element e: T_e(j) = T'[(i0_e + j) mod N]; the OT layer composes j xor s
-            tab = base[(i0[:, None] + np.arange(size)[None, :]) & (size - 1)]
-            y = otlut.table_online(party, pre.ot, tab, t, "add", tag=f"{tag}.ot")
+            y = _table_online(party, pre.ot, base, i0, t, f"{tag}.ot")
         else:
             i1 = ring.reduce(x.reshape(-1), nb).numpy()
             y = otlut.index_online(party, pre.ot, i1, t, "add", tag=f"{tag}.ot")
