@@ -13,10 +13,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from otmode_lib import run_protocol, share
+from otmode_lib import run_pair, run_protocol, share
 
 from privquant import ops
-from privquant.errors import PrivQuantError
+from privquant.errors import PeerError, PrivQuantError
 from privquant.protocols.lut import LutSig
 from privquant.protocols.mul import MulSig
 from privquant.protocols.ot import for_k
@@ -119,6 +119,34 @@ def test_lut_other_k_and_hostile_inputs():
         run_protocol(OT_LUT, sig, (x0[:5],), (x1[:5],))
     with pytest.raises(PrivQuantError, match="outside"):
         OT_LUT.cost(LutSig(6, 3, -4, (0, 1, 2, 3, 3, 2, 1, 9), 0, 3, 12))
+
+
+def _disagreeing(proto, sig0, sig1, ins0, ins1):
+    def body(sig, ins):
+        def fn(corr):
+            return proto.online(corr.party, sig, proto.offline(corr, sig), *ins)
+
+        return fn
+
+    return run_pair(body(sig0, ins0), body(sig1, ins1), timeout=20)
+
+
+def test_hostile_peer_is_a_peer_error():
+    """A peer whose messages disagree with the public signature (more elements, another table
+    width) fails with PeerError within the timeout, for both protocols."""
+    table = (0, 1, 2, 3, 3, 2, 1, 0)
+    a = LutSig(6, 3, -4, table, 0, 3, 12)
+    b = LutSig(7, 3, -4, table, 0, 3, 12)
+    x = torch.zeros(7, dtype=torch.int64)
+    with pytest.raises(PeerError):
+        _disagreeing(OT_LUT, a, b, (x[:6],), (x,))
+    c = LutSig(6, 3, -4, table, 0, 3, 20)  # another output ring: the lift sends other widths
+    with pytest.raises(PeerError):
+        _disagreeing(OT_LUT, a, c, (x[:6],), (x[:6],))
+    m0, m1 = MulSig((2, 3), (2, 3), 16), MulSig((2, 3), (2, 3), 17)
+    z = torch.zeros(2, 3, dtype=torch.int64)
+    with pytest.raises(PeerError):
+        _disagreeing(OT_MUL, m0, m1, (z, z), (z, z))
 
 
 # ----------------------------------------------------------------------------- products
