@@ -21,7 +21,9 @@ codes below zero for their small negative dip (at least -0.17, -0.28, -0.375, -0
 dip to 0 cost 3.6 points at w8a8 on that net); Tanh, LeakyReLU and ELU are signed.
 
 Two-party protocol: :class:`privquant.protocols.lut.Lut` (rotated one-hot vector from the dealer;
-cost ``2*n*bits`` online bits and ``n*2^bits*Lp`` offline bits, see there).
+cost ``2*n*bits`` online bits and ``n*2^bits*Lp`` offline bits, see there); without a dealer
+(``ot``): :class:`privquant.protocols.ot.lut.OtLut` (one 1-out-of-2^bits OT per element, P0 the
+rotated masked table, P1 choosing by its share; ``n*(bits + 2^bits*Lp)`` online bits, see there).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.lut import LUT, MAX_INDEX_BITS, LutSig
+from privquant.protocols.ot.lut import OT_LUT
 
 #: the quantizer feeding a lookup activation (when no layer reads it) takes this many more bits
 #: than the activations after it, at most 8: the table then samples the function on a 4x finer
@@ -399,6 +402,7 @@ class LutKind(OpKind):
     attrs = ("bits", "lo")
     arrays = ("table",)
     protocols: ClassVar[dict] = {"privquant": LUT}
+    ot_protocols: ClassVar[dict] = {"privquant": OT_LUT}
 
     def check(self, op, program):
         nb, lo = op.attrs["bits"], op.attrs["lo"]

@@ -8,8 +8,12 @@ scale is ``s_x * s_y``, and it is always requantized (like a residual add's sum)
 
 Two-party protocol: :class:`privquant.protocols.mul.Mul` (Beaver triple from the dealer, one
 exchange of ``d = x - a`` and ``e = y - b``: ``2*(nx + ny)*L`` online bits, ``nz*L`` offline
-bits, 1 round; a square ``x * x`` opens ``d`` only). Ring: computed modulo the product's ring, so
-both factors are shared in at least that ring (``ring_linear``).
+bits, 1 round; a square ``x * x`` opens ``d`` only); without a dealer (``ot``):
+:class:`privquant.protocols.ot.mul.OtMul` (the cross terms ``x0*y1``, ``x1*y0`` by COT/Gilboa
+products, one OT per bit of the smaller factor: ``2*na*L + nz*L*(L+1)`` online bits, 1 round;
+see there why not Beaver triples by OT).
+Ring: computed modulo the product's ring, so both factors are shared in at least that ring
+(``ring_linear``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind, batched
 from privquant.ops.graph import GraphKind, QNode
 from privquant.protocols.mul import MUL, MulSig
+from privquant.protocols.ot.mul import OT_MUL
 
 
 class MulGraph(GraphKind):
@@ -86,6 +91,7 @@ class MulKind(OpKind):
     arity = 2
     ring_linear = True
     protocols: ClassVar[dict] = {"privquant": MUL}
+    ot_protocols: ClassVar[dict] = {"privquant": OT_MUL}
 
     def check(self, op, program):
         xs = [program.tensors[t].shape for t in op.inputs]
