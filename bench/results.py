@@ -252,6 +252,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", action="append", choices=list(CONFIGS))
     p.add_argument("--reuse", action="store_true", help="only rebuild results.md")
     p.add_argument("--no-ot", action="store_true", help="skip the dealer-free (ot) runs")
+    p.add_argument("--ot-only", action="store_true", help="only the dealer-free (ot) runs")
     p.add_argument("--out", default=str(ROOT / "bench" / "results.md"))
     args = p.parse_args(argv)
     names = args.only or list(CONFIGS)
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     if not args.reuse:
         for name in names:
-            run_config(name, log)
+            if not args.ot_only:
+                run_config(name, log)
             if not args.no_ot and name in OT_CONFIGS:
                 run_ot(name, log)
     keys = [k for n in CONFIGS for k in (n, f"{n}-ot")]
