@@ -59,7 +59,8 @@ import numpy as np
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.protocols.argmax import ArgmaxSig
+from privquant.protocols.argmax import ArgmaxSig, _flat_polys
+from privquant.protocols.argmax_plans import FLAT_MAX_CLASSES, RANK_MAX_CLASSES, flat_plan
 from privquant.protocols.bitpoly import Poly
 from privquant.protocols.ot import circuit, cotprod, select
 from privquant.protocols.ot.common import (
@@ -72,46 +73,151 @@ from privquant.protocols.ot.common import (
     private_ring,
     session_of,
 )
+from privquant.protocols.ot.nkeys import sender_keys
+from privquant.protocols.preprocessing.ot import nofn
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.primitives import ring
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
 
 
-def _poly(c) -> Poly:
+# ------------------------------------------------------------------------------ public stages
+@dataclass(frozen=True)
+class Cmp:
+    """``m`` comparisons ``[d > 0]`` of packed differences in ``Z_2^L`` (steps b, c)."""
+
+    m: int
+    ell: int
+
+
+@dataclass(frozen=True)
+class Sel:
+    """One round of COT products: a selection polynomial (:mod:`.select`)."""
+
+    spec: select.SelSpec
+
+
+@dataclass(frozen=True)
+class Eq:
+    """``rank``: open ``b + r`` (``n`` ranks, ``w`` bits) to P0, then ``[b == j]`` for
+    ``j < t`` by one 1-out-of-2^w OT lookup per rank with P1's ``r`` as the chosen index."""
+
+    n: int
+    w: int
+    t: int
+
+
+def _sel_poly(c) -> Poly:
     return Poly.var("m") * (Poly.const(c) - Poly.arith("R"))
 
 
-def _group(k: int, m: int, L: int) -> circuit.OtGroup:
-    return circuit.OtGroup(m, 0, (L - 1,), k=k)
+def _group(k: int, st: Cmp) -> circuit.OtGroup:
+    return circuit.OtGroup(st.m, 0, (st.ell - 1,), k=k)
 
 
-def _spec(m: int, ls: int) -> select.SelSpec:
-    return select.SelSpec.of(_poly(torch.zeros(1, dtype=torch.int64)).reduced(ls), ls, m)
+def _layer_spec(m: int, ls: int) -> select.SelSpec:
+    return select.SelSpec.of(_sel_poly(torch.zeros(1, dtype=torch.int64)).reduced(ls), ls, m)
 
 
-def _check(sig: ArgmaxSig) -> int:
-    """``L`` (the dealer signature's checks: ranges, rings, classes); only the network plan."""
-    L = sig.ell
-    if sig.force not in (None, "network"):
-        raise PrivQuantError(f"dealer-free argmax runs the network plan, not {sig.force!r}")
-    if sig.n < 0:
-        raise PrivQuantError(f"argmax: {sig.n} samples")
-    return L
+def _rank_fin(classes: int, lo: int) -> Poly:
+    fin = Poly()
+    for i in range(1, classes):
+        fin = fin + Poly.const(i) * Poly.var(f"e{i:02d}")
+    return fin.reduced(lo)
 
 
-def _layers(sig: ArgmaxSig) -> list[tuple[int, int]]:
-    """Per layer: ``(pairs m_l over all samples, ring Ls)``."""
-    _check(sig)
-    if sig.n == 0:
+def plans(sig: ArgmaxSig) -> list[str]:
+    """The plans that serve this signature (as the dealer protocol's)."""
+    out = ["network"]
+    if sig.k == 1 and 3 <= sig.classes <= FLAT_MAX_CLASSES:
+        out.append("flat")
+    if 3 <= sig.classes <= RANK_MAX_CLASSES:
+        out.append("rank")
+    return out
+
+
+def stages(sig: ArgmaxSig, plan: str) -> list:
+    """The public stages of ``plan`` in online order (empty for ``n = 0`` or ``C = 1``)."""
+    L, n, C, lo = sig.ell, sig.n, sig.classes, sig.ell_out
+    if n == 0 or C == 1:
         return []
-    return [(sig.n * len(layer), sig.layer_ring(lv)) for lv, layer in enumerate(sig.net.layers)]
+    if plan == "network":
+        out = []
+        for lv, layer in enumerate(sig.net.layers):
+            m = n * len(layer)
+            out += [Cmp(m, L), Sel(_layer_spec(m, sig.layer_ring(lv)))]
+        return out
+    pairs = len(flat_plan(C).pairs)
+    if plan == "flat":
+        f = flat_plan(C)
+        mid, fin = _flat_polys(f)
+        out = [Cmp(n * pairs, L)]
+        if mid is not None:
+            out.append(Sel(select.SelSpec.of(mid.reduced(1), 1, n * (C - 1) * f.groups)))
+        return [*out, Sel(select.SelSpec.of(fin.reduced(lo), lo, n))]
+    w = sig.rank_ell
+    return [
+        Cmp(n * pairs, L),
+        Sel(select.SelSpec.of(Poly.var("t"), w, n * pairs)),
+        Eq(n * C, w, sig.k),
+        Sel(select.SelSpec.of(_rank_fin(C, lo), lo, n * sig.k)),
+    ]
+
+
+def _stage_cost(k: int, st) -> tuple[int, int, list[str]]:
+    """``(online bits, offline bits, online steps)`` of one stage."""
+    if isinstance(st, Cmp):
+        g = _group(k, st).cost()
+        steps = [SEND10, SEND01] + [EXCHANGE] * _group(k, st).layout.depth
+        return st.m * st.ell + g.online_bits, g.offline_bits, steps
+    if isinstance(st, Sel):
+        c = st.spec.cost(k)
+        return c.online_bits, c.offline_bits, [EXCHANGE] if st.spec.cots else []
+    c = nofn.cost(k, st.n, st.w, chosen=True)
+    return st.n * (st.w + (1 << st.w) * st.t), c.offline_bits, [SEND10, SEND01]
+
+
+def plan_cost(k: int, sig: ArgmaxSig, plan: str) -> OtCost:
+    on = off = 0
+    steps: list[str] = []
+    for st in stages(sig, plan):
+        a, b, s = _stage_cost(k, st)
+        on, off, steps = on + a, off + b, steps + s
+    return OtCost(
+        online_bits=on,
+        offline_bits=off,
+        online_rounds=lamport_depth(steps),
+        offline_rounds=int(off > 0),
+    )
+
+
+def choose(k: int, sig: ArgmaxSig) -> str:
+    """``sig.force`` if it serves, else the plan with fewer online rounds, then fewer bits."""
+    _ = sig.ell  # the dealer signature's checks (ranges, rings, classes)
+    cand = plans(sig)
+    if sig.force is not None:
+        if sig.force not in cand:
+            raise PrivQuantError(f"argmax plan {sig.force!r} is not one of {cand} here")
+        return sig.force
+
+    def key(plan):
+        c = plan_cost(k, sig, plan)
+        return (c.online_rounds, c.online_bits + c.offline_bits)
+
+    return min(cand, key=key)
+
+
+# ------------------------------------------------------------------------------ the protocol
+@dataclass
+class CmpPre:
+    r: torch.Tensor | None  # P1's mask (m,) in Z_2^L; None at P0
+    groups: list
 
 
 @dataclass
-class LayerPre:
-    r: torch.Tensor | None  # P1's mask (m,) in Z_2^L; None at P0
-    cmp: list
-    sel: list
+class EqPre:
+    r: torch.Tensor | None  # P1's rank masks (n,) in Z_2^w (the chosen OT indices)
+    leaf: object  # NofNSend (P0) | NofNRecv (P1)
+    keys: np.ndarray | None  # P0: the keys R_j truncated to t bits
 
 
 class OtArgmax(OtProtocol):
@@ -119,84 +225,184 @@ class OtArgmax(OtProtocol):
 
     kind = "argmax"
 
+    def plan(self, sig: ArgmaxSig) -> str:
+        return choose(self.k, sig)
+
     def full_cost(self, sig: ArgmaxSig) -> OtCost:
-        L, on, off = sig.ell, 0, 0
-        for m, ls in _layers(sig):
-            c = _group(self.k, m, L).cost().then(_spec(m, ls).cost(self.k))
-            on += m * L + c.online_bits
-            off += c.offline_bits
-        return OtCost(
-            online_bits=on,
-            offline_bits=off,
-            online_rounds=lamport_depth(self.online_steps(sig)),
-            offline_rounds=int(off > 0),
-        )
+        return plan_cost(self.k, sig, self.plan(sig))
 
     def online_steps(self, sig: ArgmaxSig) -> list[str]:
-        steps = []
-        for m, _ls in _layers(sig):
-            depth = _group(self.k, m, sig.ell).layout.depth
-            steps += [SEND10, SEND01] + [EXCHANGE] * depth + [EXCHANGE]
-        return steps
+        out: list[str] = []
+        for st in stages(sig, self.plan(sig)):
+            out += _stage_cost(self.k, st)[2]
+        return out
 
+    # -- offline: every stage's OTs in one batch
     def offline(self, corr, sig: ArgmaxSig, state=None):
-        L, rank = sig.ell, corr.role
+        rank = corr.role
+        sts = stages(sig, self.plan(sig))
         b = Batch()
-        layers = []
-        for m, ls in _layers(sig):
-            r = private_ring((m,), L) if rank == CLIENT else None
-            g = _group(self.k, m, L)
-            s_cmp = b.add(circuit.requests([g], rank, [r.numpy()] if r is not None else None))
-            s_sel = b.add(cotprod.requests(_spec(m, ls).cots))
-            layers.append((r, g, s_cmp, s_sel))
-        if not layers:
+        slots = []
+        for st in sts:
+            r = None
+            if isinstance(st, Cmp):
+                r = private_ring((st.m,), st.ell) if rank == CLIENT else None
+                masks = [r.numpy()] if r is not None else None
+                slots.append((r, b.add(circuit.requests([_group(self.k, st)], rank, masks))))
+            elif isinstance(st, Sel):
+                slots.append((None, b.add(cotprod.requests(st.spec.cots))))
+            else:
+                r = private_ring((st.n,), st.w) if rank == CLIENT else None
+                idx = r.numpy() if r is not None else None
+                slots.append((r, b.add([nofn.request(SERVER, st.n, st.w, idx, chosen=True)])))
+        if not sts:
             return []
         res = b.run(session_of(corr, self.k), "ot.am")
-        return [
-            LayerPre(r, circuit.build([g], rank, res[s_cmp]), res[s_sel])
-            for r, g, s_cmp, s_sel in layers
-        ]
+        pres = []
+        for st, (r, sl) in zip(sts, slots):
+            if isinstance(st, Cmp):
+                pres.append(CmpPre(r, circuit.build([_group(self.k, st)], rank, res[sl])))
+            elif isinstance(st, Sel):
+                pres.append(res[sl])
+            else:
+                leaf = nofn.wrap(rank, SERVER, st.w, res[sl][0])
+                keys = None
+                if isinstance(leaf, nofn.NofNSend):
+                    keys = sender_keys(leaf, st.t)
+                    keys = keys.astype(np.uint8) if st.t <= 8 else keys
+                else:
+                    leaf.key(st.t)
+                pres.append(EqPre(r, leaf, keys))
+        return pres
 
+    # -- online
     def online(self, party: Party, sig: ArgmaxSig, pre, x: torch.Tensor) -> torch.Tensor:
-        C, L, s, me = sig.classes, _check(sig), sig.shift, party.rank
+        C, L, s = sig.classes, sig.ell, sig.shift
+        plan = self.plan(sig)
         if tuple(x.shape) != (sig.n, C):
             raise PrivQuantError(f"argmax: share has shape {tuple(x.shape)}, expected {(sig.n, C)}")
-        layers = _layers(sig)
-        if len(pre) != len(layers):
-            raise PrivQuantError("argmax: preprocessing does not match the signature")
+        sts = stages(sig, plan)
+        if len(pre) != len(sts):
+            raise PrivQuantError("argmax: the preprocessing does not match the signature")
+        if not sts:  # one class (index 0) or no sample: nothing to compute
+            return torch.zeros((sig.n, sig.k), dtype=torch.int64)
         w = ring.reduce(ring.reduce(x, sig.ell_diff) << s, L)
-        if me == SERVER:
+        if party.rank == SERVER:
             w = ring.reduce(w + torch.arange(C - 1, -1, -1, dtype=torch.int64), L)
-        for lv, (layer, (m, ls), p) in enumerate(zip(sig.net.layers, layers, pre)):
+        run = {"network": self._network, "flat": self._flat, "rank": self._rank}[plan]
+        return run(party, sig, sts, pre, w)
+
+    def _compare(self, party: Party, st: Cmp, p: CmpPre, d: torch.Tensor, tag: str):
+        """XOR shares (uint8 (m,)) of ``[d > 0]`` for shares ``d`` of non-zero differences,
+        and this party's side of ``c = d + r``: P0 ``c``, P1 ``r`` (numpy int64)."""
+        L, m = st.ell, st.m
+        if party.rank == CLIENT:
+            party.send(SERVER, ring.reduce(d + p.r, L), L, f"{tag}.open")
+            lt = circuit.online(party, p.groups, [None], f"{tag}.cmp")[0][0]
+            rv = p.r.numpy()
+            return ((rv >> (L - 1)) & 1).astype(np.uint8) ^ lt, rv
+        c = ring.reduce(d + party.recv(CLIENT, (m,), L, f"{tag}.open"), L).numpy()
+        lt = circuit.online(party, p.groups, [(c, [c])], f"{tag}.cmp")[0][0]
+        return (1 ^ ((c >> (L - 1)) & 1)).astype(np.uint8) ^ lt, c
+
+    def _network(self, party, sig, sts, pre, w):
+        s, me = sig.shift, party.rank
+        for lv, layer in enumerate(sig.net.layers):
+            cst, sst = sts[2 * lv], sts[2 * lv + 1]
             tag = f"am{lv}"
             hi = torch.tensor([cp[0] for cp in layer], dtype=torch.long)
             lo = torch.tensor([cp[1] for cp in layer], dtype=torch.long)
             a, b = w[:, hi], w[:, lo]
-            d = ring.reduce(a - b, L).reshape(-1)
-            if me == CLIENT:
-                party.send(SERVER, ring.reduce(d + p.r, L), L, f"{tag}.open")
-                res = circuit.online(party, p.cmp, [None], f"{tag}.cmp")[0]
-                rv = p.r.numpy()
-                t = ((rv >> (L - 1)) & 1).astype(np.uint8) ^ res[0]
-                poly = _poly(torch.zeros(m, dtype=torch.int64)).reduced(ls)
-                r_val = rv
-            else:
-                c = ring.reduce(d + party.recv(CLIENT, (m,), L, f"{tag}.open"), L).numpy()
-                res = circuit.online(party, p.cmp, [(c, [c])], f"{tag}.cmp")[0]
-                t = (1 ^ ((c >> (L - 1)) & 1)).astype(np.uint8) ^ res[0]
-                poly = _poly(torch.from_numpy(c)).reduced(ls)
-                r_val = None
-            u = select.online(party, _spec(m, ls), p.sel, poly, {"m": t}, r_val, f"{tag}.sel")
+            d = ring.reduce(a - b, cst.ell).reshape(-1)
+            t, mine = self._compare(party, cst, pre[2 * lv], d, tag)
+            ls = sst.spec.ell
+            c = torch.from_numpy(mine) if me == SERVER else torch.zeros(cst.m, dtype=torch.int64)
+            r_val = mine if me == CLIENT else None
+            poly = _sel_poly(c).reduced(ls)
+            u = select.online(party, sst.spec, pre[2 * lv + 1], poly, {"m": t}, r_val, f"{tag}.sel")
             u = torch.from_numpy(u).reshape(a.shape)
             w = w.clone()
-            w[:, hi] = ring.reduce(b + u, ls)
-            w[:, lo] = ring.reduce(a - u, ls)
+            w[:, hi] = ring.reduce(b + u, ls)  # max (the identity holds mod 2^Ls)
+            w[:, lo] = ring.reduce(a - u, ls)  # min
         idx = -ring.reduce(w[:, list(sig.net.outputs)], s)
         if me == SERVER:
-            idx = idx + (C - 1)
+            idx = idx + (sig.classes - 1)
         return ring.reduce(idx, sig.ell_out)
+
+    def _pair_bits(self, party, sig, st: Cmp, p: CmpPre, w, tag: str) -> np.ndarray:
+        """XOR shares (n, P) of ``t_ij = [p_i > p_j]`` for every pair ``i < j``."""
+        f = flat_plan(sig.classes)
+        ii = torch.tensor([i for i, _ in f.pairs], dtype=torch.long)
+        jj = torch.tensor([j for _, j in f.pairs], dtype=torch.long)
+        d = ring.reduce(w[:, ii] - w[:, jj], st.ell).reshape(-1)
+        t, _mine = self._compare(party, st, p, d, tag)
+        return t.reshape(sig.n, len(f.pairs))
+
+    def _flat(self, party, sig, sts, pre, w):
+        f, n, mine = flat_plan(sig.classes), sig.n, int(party.rank == SERVER)
+        t = self._pair_bits(party, sig, sts[0], pre[0], w, "amf")
+        t = np.concatenate([t, np.zeros((n, 1), dtype=np.uint8)], axis=1)
+        q = np.array([[pq for pq, _ in win] for win in f.wins], dtype=np.int64)
+        neg = np.array([[ng if pq >= 0 else 1 for pq, ng in win] for win in f.wins],
+                       dtype=np.uint8)  # fmt: skip
+        y = t[:, q] ^ (neg * mine)  # (n, C-1, G*S): win bits; padding = the constant 1
+        mid, fin = _flat_polys(f)
+        if mid is not None:
+            y = y.reshape(n, f.classes - 1, f.groups, f.size)
+            bits = {f"x{j}": y[..., j].reshape(-1) for j in range(f.size)}
+            a = select.online(party, sts[1].spec, pre[1], mid.reduced(1), bits, tag="amf.and")
+            y = (a & 1).astype(np.uint8).reshape(n, f.classes - 1, f.groups)
+        bits = {
+            f"w{i}.{g:02d}": y[:, i - 1, g]
+            for i in range(1, f.classes)
+            for g in range(f.final_vars)
+        }
+        fin = fin.reduced(sig.ell_out)
+        idx = select.online(party, sts[-1].spec, pre[-1], fin, bits, tag="amf.index")
+        return torch.from_numpy(idx).reshape(n, 1)
+
+    def _rank(self, party, sig, sts, pre, w):
+        f, n, C, me = flat_plan(sig.classes), sig.n, sig.classes, party.rank
+        cst, b2a, eq, fst = sts
+        t = self._pair_bits(party, sig, cst, pre[0], w, "amr")
+        ta = select.online(party, b2a.spec, pre[1], Poly.var("t"), {"t": t}, tag="amr.b2a")
+        ta = torch.from_numpy(ta).reshape(n, len(f.pairs))
+        ii = torch.tensor([i for i, _ in f.pairs], dtype=torch.long)
+        jj = torch.tensor([j for _, j in f.pairs], dtype=torch.long)
+        # rank b_i = #{j : p_j > p_i} = sum_(j<i) t_ji + sum_(j>i) (1 - t_ij)
+        b = torch.zeros((n, C), dtype=torch.int64)
+        b.index_add_(1, jj, ta)
+        b.index_add_(1, ii, -ta)
+        if me == SERVER:
+            b = b + torch.arange(C - 1, -1, -1, dtype=torch.int64)
+        b = ring.reduce(b.reshape(-1), eq.w)
+        e = self._equal(party, eq, pre[2], b, "amr.eq")  # (t, n*C) XOR shares
+        e = e.reshape(sig.k, n, C)
+        bits = {f"e{i:02d}": e[:, :, i].transpose(1, 0).reshape(-1) for i in range(1, C)}
+        fin = _rank_fin(C, sig.ell_out)
+        idx = select.online(party, fst.spec, pre[3], fin, bits, tag="amr.index")
+        return torch.from_numpy(idx).reshape(n, sig.k)
+
+    def _equal(self, party, st: Eq, p: EqPre, b: torch.Tensor, tag: str) -> np.ndarray:
+        """XOR shares (uint8 (t, n)) of ``[b == j]``, ``j < t``, for shares ``b`` in
+        ``Z_2^w``: P1 opens ``c = b + r`` to P0, who sends the table
+        ``T(v) = bits_j [(c - j) mod 2^w == v]`` through the OTs P1 indexed by ``r``."""
+        W, n, t = 1 << st.w, st.n, st.t
+        if party.rank == CLIENT:
+            party.send(SERVER, ring.reduce(b + p.r, st.w), st.w, f"{tag}.open")
+            v = circuit._recv_entry(party, p.leaf, t, f"{tag}.tab")
+        else:
+            c = ring.reduce(b + party.recv(CLIENT, (n,), st.w, f"{tag}.open"), st.w).numpy()
+            dt = np.uint8 if t <= 8 else np.uint64
+            tab = np.zeros((n, W), dtype=dt)
+            rows = np.arange(n)
+            for j in range(t):
+                tab[rows, (c - j) & (W - 1)] |= dt(1 << j)
+            v = circuit._send_table(party, p.keys, tab, t, f"{tag}.tab")
+        vv = v.view(np.uint64)
+        return np.stack([((vv >> np.uint64(j)) & np.uint64(1)).astype(np.uint8) for j in range(t)])
 
 
 OT_ARGMAX = OtArgmax()
 
-__all__ = ["OT_ARGMAX", "OtArgmax"]
+__all__ = ["OT_ARGMAX", "OtArgmax", "choose", "plan_cost", "plans", "stages"]
