@@ -125,6 +125,13 @@ def _rank_fin(classes: int, lo: int) -> Poly:
     return fin.reduced(lo)
 
 
+def pair_ring(sig: ArgmaxSig) -> int:
+    """Ring of the all-pairs comparisons (``flat``, ``rank``): ``[p_i > p_j] = [x_i >= x_j]``
+    for ``i < j``, so the unpacked differences in ``Z_2^Ld`` suffice (``s`` bits fewer per
+    comparison; ``Ld >= 2`` by :func:`~privquant.protocols.primitives.ring.signed_bits`)."""
+    return sig.ell_diff
+
+
 def plans(sig: ArgmaxSig) -> list[str]:
     """The plans that serve this signature (as the dealer protocol's)."""
     out = ["network"]
@@ -150,13 +157,13 @@ def stages(sig: ArgmaxSig, plan: str) -> list:
     if plan == "flat":
         f = flat_plan(C)
         mid, fin = _flat_polys(f)
-        out = [Cmp(n * pairs, L)]
+        out = [Cmp(n * pairs, pair_ring(sig))]
         if mid is not None:
             out.append(Sel(select.SelSpec.of(mid.reduced(1), 1, n * (C - 1) * f.groups)))
         return [*out, Sel(select.SelSpec.of(fin.reduced(lo), lo, n))]
     w = sig.rank_ell
     return [
-        Cmp(n * pairs, L),
+        Cmp(n * pairs, pair_ring(sig)),
         Sel(select.SelSpec.of(Poly.var("t"), w, n * pairs)),
         Eq(n * C, w, sig.k),
         Sel(select.SelSpec.of(_rank_fin(C, lo), lo, n * sig.k)),
@@ -286,15 +293,18 @@ class OtArgmax(OtProtocol):
             raise PrivQuantError("argmax: the preprocessing does not match the signature")
         if not sts:  # one class (index 0) or no sample: nothing to compute
             return torch.zeros((sig.n, sig.k), dtype=torch.int64)
-        w = ring.reduce(ring.reduce(x, sig.ell_diff) << s, L)
+        v = ring.reduce(x, sig.ell_diff)
+        if plan != "network":  # the pairs compare the logits themselves (:func:`pair_ring`)
+            return (self._flat if plan == "flat" else self._rank)(party, sig, sts, pre, v)
+        w = ring.reduce(v << s, L)  # index packing
         if party.rank == SERVER:
             w = ring.reduce(w + torch.arange(C - 1, -1, -1, dtype=torch.int64), L)
-        run = {"network": self._network, "flat": self._flat, "rank": self._rank}[plan]
-        return run(party, sig, sts, pre, w)
+        return self._network(party, sig, sts, pre, w)
 
     def _compare(self, party: Party, st: Cmp, p: CmpPre, d: torch.Tensor, tag: str):
-        """XOR shares (uint8 (m,)) of ``[d > 0]`` for shares ``d`` of non-zero differences,
-        and this party's side of ``c = d + r``: P0 ``c``, P1 ``r`` (numpy int64)."""
+        """XOR shares (uint8 (m,)) of ``[d >= 0]`` for shares ``d`` in ``Z_2^L`` of differences
+        that fit ``L`` bits signed (``[d > 0]`` for the non-zero packed ones), and this party's
+        side of ``c = d + r``: P0 ``c``, P1 ``r`` (numpy int64)."""
         L, m = st.ell, st.m
         if party.rank == CLIENT:
             party.send(SERVER, ring.reduce(d + p.r, L), L, f"{tag}.open")
@@ -330,7 +340,8 @@ class OtArgmax(OtProtocol):
         return ring.reduce(idx, sig.ell_out)
 
     def _pair_bits(self, party, sig, st: Cmp, p: CmpPre, w, tag: str) -> np.ndarray:
-        """XOR shares (n, P) of ``t_ij = [p_i > p_j]`` for every pair ``i < j``."""
+        """XOR shares (n, P) of ``t_ij = [p_i > p_j]`` for every pair ``i < j`` (``w``: the
+        packed values, or the logits in ``Z_2^Ld``: ``[x_i - x_j >= 0]``, the same bit)."""
         f = flat_plan(sig.classes)
         ii = torch.tensor([i for i, _ in f.pairs], dtype=torch.long)
         jj = torch.tensor([j for _, j in f.pairs], dtype=torch.long)
@@ -405,4 +416,4 @@ class OtArgmax(OtProtocol):
 
 OT_ARGMAX = OtArgmax()
 
-__all__ = ["OT_ARGMAX", "OtArgmax", "choose", "plan_cost", "plans", "stages"]
+__all__ = ["OT_ARGMAX", "OtArgmax", "choose", "pair_ring", "plan_cost", "plans", "stages"]

@@ -20,7 +20,16 @@ from privquant.program import Program, run_plain
 from privquant.protocols.argmax import ARGMAX, ArgmaxSig
 from privquant.protocols.basic import OUTPUT, OpenToSig
 from privquant.protocols.ot import circuit, select
-from privquant.protocols.ot.argmax import OT_ARGMAX, Cmp, Eq, Sel, plan_cost, plans, stages
+from privquant.protocols.ot.argmax import (
+    OT_ARGMAX,
+    Cmp,
+    Eq,
+    Sel,
+    pair_ring,
+    plan_cost,
+    plans,
+    stages,
+)
 from privquant.protocols.ot.common import chosen_bits, rot_bits
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.ring import signed_bits
@@ -95,6 +104,16 @@ def test_ring_edges_and_all_equal(plan, k):
         assert cost == OT_ARGMAX.full_cost(sig)
 
 
+@pytest.mark.parametrize("plan", ["network", "flat", "rank"])
+def test_constant_logits(plan):
+    """``lo = hi``: every logit equal, the narrowest rings (``Ld = 2``, ``Lo = 4``)."""
+    sig = ArgmaxSig(2, 6, 1, 3, 3, 2, 4, plan)
+    assert pair_ring(sig) == sig.ell_diff == 2
+    x = torch.full((2, 6), 3)
+    y, cost = _run(sig, x)
+    assert torch.equal(y, plain_topk(x, 1)) and cost == OT_ARGMAX.full_cost(sig)
+
+
 def test_cost_formulas_and_plan_choice():
     """The closed forms of the module docstring, by hand, for 10 classes (n = 2, L = 21)."""
     kk, n, C, lo, hi = 4, 2, 10, -(1 << 14), (1 << 14) - 1
@@ -102,9 +121,9 @@ def test_cost_formulas_and_plan_choice():
     L = sig.ell
     assert L == 21
 
-    def cmp(m):
-        g = circuit.OtGroup(m, 0, (L - 1,), k=kk).cost()
-        return m * L + g.online_bits, g.offline_bits
+    def cmp(m, ell=L):
+        g = circuit.OtGroup(m, 0, (ell - 1,), k=kk).cost()
+        return m * ell + g.online_bits, g.offline_bits
 
     def cots(m, widths):  # COT products: online m*(w+1), offline m*(128/k - 1) each
         return m * sum(w + 1 for w in widths), m * len(widths) * rot_bits(kk)
@@ -117,8 +136,10 @@ def test_cost_formulas_and_plan_choice():
         on, off = on + a + c, off + b + d
     net = plan_cost(kk, sig, "network")
     assert (net.online_bits, net.offline_bits) == (on, off)
-    # flat: 45 pairs at once; 27 three-bit ANDs in Z_2 (7 products each); 9*7 index products
-    a, b = cmp(n * 45)
+    # flat: 45 pairs at once (unpacked, Ld = 16 bits); 27 three-bit ANDs in Z_2 (7 products
+    # each); 9*7 index products
+    assert pair_ring(sig) == sig.ell_diff == 16
+    a, b = cmp(n * 45, 16)
     c, d = cots(n * 9 * 3, (1,) * 7)
     widths = [5 - (i & -i).bit_length() + 1 for i in range(1, C)]  # Lo - v2(i)
     e, f = cots(n, [w for w in widths for _ in range(7)])
@@ -127,7 +148,7 @@ def test_cost_formulas_and_plan_choice():
     assert OT_ARGMAX.plan(sig) == "flat" and flat.online_rounds < net.online_rounds
     # rank (top-3): 45 pairs, B2A to Z_16, 10 masked ranks + 1-of-16 lookups of 3 bits
     sig3 = ArgmaxSig(n, C, 3, lo, hi, 16, 5)
-    a, b = cmp(n * 45)
+    a, b = cmp(n * 45, 16)
     c, d = cots(n * 45, (4,))
     e = n * 10 * (4 + 16 * 3)
     f = n * 10 * 4 * chosen_bits(kk)
