@@ -1,54 +1,77 @@
 """Secure argmax / top-k without a dealer: the client learns only the indices of the ``k``
-largest logits; the same signature (:class:`~privquant.protocols.argmax.ArgmaxSig`), output
-(shares in ``Z_2^Lo`` of the ``k`` indices, largest first, equal logits by lower index first)
-and public comparator network as the dealer protocol's ``network`` plan
-(:mod:`privquant.protocols.argmax`).
+largest logits. Same signature (:class:`~privquant.protocols.argmax.ArgmaxSig`), output (shares
+in ``Z_2^Lo`` of the ``k`` indices, largest first, equal logits by lower index first, as
+``plain_topk``), public plans and plan limits as the dealer protocol
+(:mod:`privquant.protocols.argmax`); the output op then opens the ``k`` indices to the client.
 
-Source: the tournament / comparator-network argmax of secure inference (e.g. SecureML, Delphi,
-CrypTFlow2's ArgMax), each comparator the dealer-free maximum of :mod:`.maxpool`: SCI's
-millionaire (:mod:`.circuit`) and COT multiplexer (:mod:`.select`, Rathee et al., CCS 2020),
-on index-packed values so that the winner carries its own index (no index selection, no tie
-comparison).
+Source: the tournament / comparator-network argmax of secure inference (SecureML, CrypTFlow2's
+ArgMax) and the constant-round all-pairs argmax (as the dealer ``flat`` / ``rank`` plans), built
+from SCI's dealer-free gadgets (Rathee et al., CCS 2020): the millionaire with chosen-index leaf
+OTs and OT triples (:mod:`.circuit`), COT products / multiplexers (:mod:`.select`,
+:mod:`.cotprod`) and a 1-out-of-2^w OT lookup (:mod:`~privquant.protocols.preprocessing.ot.nofn`).
 
-1. **Index packing, local** (as the dealer protocol): with ``s = Lo`` and ``L = Ld + s``, each
-   party forms ``p_i = x_i * 2^s + (C - 1 - i)`` in ``Z_2^L`` (P0 adds the public
-   ``C - 1 - i``). The ``p_i`` are distinct, their order is the output order, every difference
-   fits ``L`` bits signed, and ``p mod 2^s = C - 1 - index``.
-2. **Network** (:func:`~privquant.protocols.argmax_plans.network`; for ``k = 1`` the tournament
-   of ``C - 1`` comparators in ``ceil(log2 C)`` layers). Per layer, all its ``n_l`` comparators
-   ``(hi, lo)`` over all ``n`` samples at once (``m = n * n_l`` pairs ``a = p_hi``,
-   ``b = p_lo``, ``d = a - b != 0``):
+**Comparison stage** ``Cmp(m, Lc)`` (``m`` differences ``d`` that fit ``Lc`` bits signed; after
+:mod:`.maxpool`): offline P1 draws ``r`` uniform in ``Z_2^Lc`` (its CSPRNG) and fixes the leaf
+OTs' indices to its digits of ``r``; online P1 sends ``d1 + r``, P0 learns ``c = d + r`` (1
+message), and ``[d >= 0] = 1 xor msb(c) xor r_(Lc-1) xor [c mod 2^(Lc-1) < r mod 2^(Lc-1)]``
+as XOR shares (P0 holds ``1 xor msb(c)``, P1 ``r_(Lc-1)``; the ``(Lc-1)``-bit comparison:
+leaves P0 -> P1, then ``D`` exchanges). **Selection stage** ``Sel``: a polynomial in XOR-shared
+bits by COT products, one exchange (:mod:`.select`).
 
-   a. offline: P1 draws ``r`` uniform in ``Z_2^L`` (CSPRNG, its own); the leaf OTs (P1's digits
-      of ``r`` chosen) and AND triples of one ``(L-1)``-bit comparison per pair, and the random
-      OTs of the two COT products of the selection -- every layer's OTs in ONE offline batch;
-   b. P1 sends ``d1 + r``; P0 learns ``c = d + r mod 2^L`` (1 message);
-   c. ``t = [d > 0] = 1 xor msb(c) xor r_(L-1) xor [c mod 2^(L-1) < r mod 2^(L-1)]`` as XOR
-      shares (P0 holds ``1 xor msb(c)``, P1 ``r_(L-1)``; the comparison: 1 + D rounds);
-   d. ``u = t*(a - b) = t*c - t*r`` in the layer's ring ``Ls``: one COT product with P1
-      choosing (P0's value ``c``) and one with P0 choosing (P1's value ``r``), 1 exchange;
-   e. locally ``max = b + u`` on wire ``hi``, ``min = a - u`` on wire ``lo``.
+``network`` (any ``C``, ``k``; for ``k = 1`` the tournament of ``C - 1`` comparators in
+``ceil(log2 C)`` layers, :func:`~privquant.protocols.argmax_plans.network`):
 
-   ``Ls = Lo`` when every used output of the layer is a network output (the low ``s`` bits of a
-   packed value only need the identity modulo ``2^s``), else ``L``.
-3. ``index = (C - 1) - (p mod 2^s)`` at the ``k`` output wires, locally, in ``Z_2^Lo``; the
-   output op then opens these ``k`` values to the client alone.
+1. index packing, local: ``p_i = x_i * 2^s + (C - 1 - i)`` in ``Z_2^L`` (``s = Lo``,
+   ``L = Ld + s``; P0 adds the constant). Distinct, in output order; ``p mod 2^s = C-1-index``.
+2. per layer, its ``n_l`` comparators ``(hi, lo)`` over all ``n`` samples (``m = n*n_l``):
+   ``Cmp(m, L)`` on ``d = p_hi - p_lo`` (never 0), then ``Sel``: ``u = t*c - t*r`` (one COT with
+   P1 choosing on P0's ``c``, one with P0 choosing on P1's ``r``) in ``Z_2^Ls`` (``Ls = Lo`` if
+   every used output of the layer is a network output, else ``L``); locally
+   ``p_hi = p_lo + u`` (max), ``p_lo = p_hi - u`` (min).
+3. ``index = (C - 1) - (p mod 2^s)`` at the ``k`` output wires, locally.
 
-Cost (``k_ot`` the SoftSpokenOT parameter; per layer ``l``: ``m_l = n * n_l`` pairs, ``cmp_l``
-the :mod:`.circuit` cost of ``m_l`` one-job ``(L-1)``-bit comparisons, depth ``D``)::
+``flat`` (``k = 1``, ``3 <= C <= 17``) and ``rank`` (any ``k``, ``3 <= C <= 33``) compare all
+``P = C(C-1)/2`` pairs at once, on the logits themselves: ``[p_i > p_j] = [x_i >= x_j]`` for
+``i < j`` (:func:`pair_ring`: ``Cmp(n*P, Ld)``, ``s`` bits fewer per comparison than packed).
 
-    online  = sum_l [ m_l*L + cmp_l.online + m_l*(Ls_l + 1) * 2 ]
-    offline = sum_l [ cmp_l.offline + 2*m_l*(128/k_ot - 1) ],  1 offline round (one batch)
-    rounds  = lamport_depth of per layer [P1->P0, P0->P1 (leaves), D exchanges, 1 exchange]
+* ``flat``: class ``i`` wins iff it beats all others (win bits ``t_ij`` / ``1 xor t_ji``,
+  grouping of :func:`~privquant.protocols.argmax_plans.flat_plan`): ``G`` groups of ``S`` bits
+  ANDed by one ``Sel`` in ``Z_2`` (``prod`` of ``S`` bits: ``2^S - 1`` one-bit COTs), then
+  ``index = sum_(i>=1) i * AND_g a_(i,g)`` by one ``Sel`` in ``Z_2^Lo`` (exactly one winner).
+* ``rank``: ``t`` to ``Z_2^w`` (``w = max(2, bits(C-1))``) by one ``Sel`` (one COT each);
+  ranks locally ``b_i = sum_(j<i) t_ji + sum_(j>i) (1 - t_ij)``; stage ``Eq``: P1 sends
+  ``b1 + r'`` (``r'`` its own ``w``-bit mask), P0 learns ``c' = b + r'`` and sends, through one
+  1-out-of-2^w OT per rank whose index P1 fixed offline to ``r'``, the table
+  ``T(v) = bits_(j<k) [(c' - j) mod 2^w == v]`` masked by its OT keys and a random ``rho`` (P1
+  gets ``T(r') xor rho``: XOR shares of ``[b_i == j]``); then ``index_j = sum_(i>=1) i *
+  [b_i == j]`` by one ``Sel`` in ``Z_2^Lo``.
 
-(the P1 -> P0 opening of a layer follows the previous layer's exchange at once, so consecutive
-layers overlap by the Lamport model of :func:`.common.lamport_depth`). ``C = 1``: nothing.
+The plan: ``sig.force`` if given, else the candidate with fewer online rounds, then fewer bits
+(closed forms, :func:`choose`). Every stage's OTs go into ONE offline batch.
 
-Security (semi-honest, as SCI): P0 sees ``c = d + r`` with ``r`` uniform and P1's; the leaf
-tables reach P1 masked by OT keys it lacks and P0's random output shares; the triples' openings
-and the COT messages are masked by random OT keys and choice bits. The client's online view is
-thus uniform apart from the final opening of the ``k`` indices (tested with the client's
-randomness fixed: ``tests/protocols/otmode/test_ot_argmax.py``).
+Cost (SoftSpokenOT ``k_ot``; ``cmp(m, Lc)`` the :mod:`.circuit` cost of ``m`` one-job
+``(Lc-1)``-bit comparisons, depth ``D``; ``sel`` = :meth:`.select.SelSpec.cost`: online
+``m*(w_S + 1)``, offline ``m*(128/k_ot - 1)`` per product group ``S`` of width ``w_S``)::
+
+    Cmp(m, Lc): online m*Lc + cmp.online,  offline cmp.offline;   steps 10, 01, D x "x"
+    Sel:        online sel.online,          offline sel.offline;   steps "x"
+    Eq(N, w, k): online N*(w + 2^w * k),    offline N*w*(128/k_ot); steps 10, 01
+    network = sum over layers [Cmp(n*n_l, L) + Sel(2 products, width Ls_l)]
+    flat    = Cmp(n*P, Ld) + [G > 0] Sel(n*(C-1)*G elements, 2^S - 1 products of 1 bit)
+              + Sel(n elements, (C-1)*(2^F - 1) products of Lo - v2(i) bits; F = G or C - 1)
+    rank    = Cmp(n*P, Ld) + Sel(n*P, 1 product of w bits) + Eq(n*C, w, k)
+              + Sel(n*k elements, C - 1 products of Lo - v2(i) bits)
+    online rounds = lamport_depth(steps), offline rounds = 1 (0 when nothing is sent)
+
+e.g. ``C = 10``, ``Ld = 16``, ``Lo = 5``, one image, ``k_ot = 4``: label by ``flat`` 6 rounds,
+8987 online + 34992 offline bits (``network``: 24 rounds, 2011 + 8550 bits; the dealer's
+``flat``: 6 rounds, 3456 + 3168 bits); top-3 by ``rank`` 7 rounds, 9166 + 30692 bits.
+
+Security (semi-honest, as SCI): P0 sees ``c = d + r`` and ``c' = b + r'`` with P1's uniform
+masks; P1 receives leaf tables and lookup tables masked by OT keys it lacks and P0's random
+output shares, triple openings and COT messages masked by random OT keys and choices. The
+client's view is thus uniform apart from the final opening of the ``k`` indices (tested with the
+client's randomness fixed: ``tests/protocols/otmode/test_ot_argmax.py``).
 """
 
 from __future__ import annotations

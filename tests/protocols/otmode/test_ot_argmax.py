@@ -16,7 +16,7 @@ from runtime_helpers import Recording, shipped
 from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.ops.argmax import ARGMAX_SCOPE, output_program, plain_topk
-from privquant.program import Program, run_plain
+from privquant.program import Program, ring_bits, run_plain
 from privquant.protocols.argmax import ARGMAX, ArgmaxSig
 from privquant.protocols.basic import OUTPUT, OpenToSig
 from privquant.protocols.ot import circuit, select
@@ -206,7 +206,11 @@ def test_ot_session_label_exact_and_declared(sample):
         layer = next(la for la in rep.layers if la.name == ARGMAX_SCOPE)
         d = layer.declared
         assert (layer.online_bits, layer.offline_bits) == (d["online_bits"], d["offline_bits"])
-        assert layer.rounds <= d["rounds"]
+        prog = output_program(art.program, output)
+        op = next(o for o in prog.ops if o.kind == "argmax")
+        sig = ops.signature(op, prog, ring_bits(prog), 2)
+        assert sig.k == k and d["rounds"] == OT_ARGMAX.full_cost(sig).online_rounds
+        assert layer.rounds == max(OT_ARGMAX.end_clocks(sig)) <= d["rounds"]
         outl = next(la for la in rep.layers if la.name == "output")
         assert outl.online_bits == 2 * k * 5  # only k indices of Lo = 5 bits per sample
         assert rep.all_match, [la.name for la in rep.layers if not la.matches]
