@@ -106,7 +106,8 @@ from privquant.protocols.transport.channel import CLIENT, SERVER, Party
 # ------------------------------------------------------------------------------ public stages
 @dataclass(frozen=True)
 class Cmp:
-    """``m`` comparisons ``[d > 0]`` of packed differences in ``Z_2^L`` (steps b, c)."""
+    """``m`` comparisons ``[d >= 0]`` of differences that fit ``ell`` bits signed (packed:
+    ``ell = L``, never 0; all pairs: ``ell = Ld``)."""
 
     m: int
     ell: int
