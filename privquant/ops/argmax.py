@@ -13,7 +13,8 @@ Plaintext semantics: ``torch.sort(x, descending=True, stable=True).indices[:, :k
 logits: lower index first; ``k = 1`` is ``torch.argmax``). Output tensor: ``(k,)`` per sample,
 bounds ``[0, C - 1]``. Ring atoms: the logits' ring must hold differences (``diff``, as for max
 pooling). Two-party protocol: :class:`privquant.protocols.argmax.Argmax` (dealer
-preprocessing); the output op then opens the indices to the client (``n*k*Lo`` bits, 1 round).
+preprocessing) or :class:`privquant.protocols.ot.argmax.OtArgmax` (``ot``, no dealer); the
+output op then opens the indices to the client (``n*k*Lo`` bits, 1 round).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from privquant.errors import PrivQuantError
 from privquant.ops.base import OpKind
 from privquant.protocols.argmax import ARGMAX, MAX_CLASSES, ArgmaxSig
+from privquant.protocols.ot.argmax import OT_ARGMAX
 
 POLICIES = ("label", "topk", "logits")
 ARGMAX_SCOPE = "(argmax)"
@@ -89,6 +91,7 @@ class ArgmaxKind(OpKind):
     name = "argmax"
     attrs = ("k",)
     protocols: ClassVar[dict] = {"privquant": ARGMAX}
+    ot_protocols: ClassVar[dict] = {"privquant": OT_ARGMAX}
 
     def check(self, op, program):
         shape = program.tensors[op.inputs[0]].shape
