@@ -78,12 +78,10 @@ Security: every value the parties exchange is masked by dealer randomness the re
 hold (``c`` by ``r``, the circuit's operands and the selections' bits by dealer bits), so the
 client's view is the output opening (the ``k`` indices) plus uniformly masked values.
 
-``ot`` preprocessing (hook): the protocol needs the kinds ``mask_bits``, ``gates``,
-``monomials`` and ``products``, exactly those of :mod:`~privquant.protocols.maxpool`; a
-dealer-free version replaces :meth:`Argmax.cmp_offline` / :meth:`Argmax.cmp_online` (step 2: an
-OT millionaire for ``[c_low < r_low]``), the selections (OT-based bit products) and, for
-``rank``, the equality leaf's monomials (a 1-out-of-2^w OT), and keeps the plans, the packing
-and the index extraction unchanged.
+``ot`` preprocessing: the protocol needs the kinds ``mask_bits``, ``gates``, ``monomials`` and
+``products`` (as :mod:`~privquant.protocols.maxpool`), which only a dealer makes cheaply; the
+dealer-free version is :mod:`privquant.protocols.ot.argmax` (the same plans and outputs on OT
+comparisons, COT selections and OT equality leaves).
 """
 
 from __future__ import annotations

@@ -19,6 +19,12 @@ module              protocol (signature)
 :mod:`.maxpool`     max pooling (``MaxpoolSig``): comparisons of differences + COT multiplexer
 :mod:`.compare`     ``[x >= T_j]`` (``CompareSig``), MSB
 :mod:`.lift`        known-MSB ring extension (``LiftSig``), one COT
+:mod:`.lut`         table lookup (``LutSig``): one 1-out-of-2^b OT per element (SCI-style),
+                    direct or into a small ring plus a lift, chosen by cost
+:mod:`.mul`         products of two secrets (``MulSig``): cross terms by COT (Gilboa) products,
+                    broadcast and squares
+:mod:`.argmax`      secure argmax / top-k output (``ArgmaxSig``): the dealer protocol's plans
+                    (network, flat, rank) on OT comparisons, COT selections, OT equality leaves
 building blocks     :mod:`.circuit` (comparisons with chosen-index leaf OTs and OT triples),
                     :mod:`.select` (polynomials in XOR-shared bits by COT products),
                     :mod:`.cotprod` (batched COT products), :mod:`.common`
