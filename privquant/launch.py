@@ -244,13 +244,22 @@ def infer(
     )
 
 
-def _wait_roles(procs: dict[int, tuple], limit: float) -> dict[int, dict]:
-    """Collect every role's result; on the first failure (or ``limit`` s) raise its one line."""
+_CONSEQUENCE = ("closed the connection", "exited with status", "did not answer", "timed out")
+
+
+def _wait_roles(procs: dict[int, tuple], limit: float, grace: float = 3.0) -> dict[int, dict]:
+    """Collect every role's result; on a failure (or after ``limit`` s) raise one line.
+
+    When a role fails, the others usually fail right after with "the peer closed the
+    connection": for up to ``grace`` s the other roles' errors are collected too and the first
+    one that is not such a consequence is reported (the cause, e.g. the client's own error)."""
     outs: dict[int, dict] = {}
+    errors: list[str] = []
     deadline = time.perf_counter() + limit
-    while len(outs) < len(procs):
+    first_error = None
+    while len(outs) + len(errors) < len(procs):
         for rank, (p, recv) in procs.items():
-            if rank in outs:
+            if rank in outs or any(e.startswith(f"{ROLES[rank]}") for e in errors):
                 continue
             if recv.poll():
                 try:
@@ -258,13 +267,24 @@ def _wait_roles(procs: dict[int, tuple], limit: float) -> dict[int, dict]:
                 except (EOFError, OSError):
                     status, val = "error", f"exited with status {p.exitcode}"
                 if status != "ok":
-                    raise PeerError(f"{ROLES[rank]}: {val}")
-                outs[rank] = val
+                    errors.append(f"{ROLES[rank]}: {val}")
+                else:
+                    outs[rank] = val
             elif not p.is_alive() and not recv.poll():
-                raise PeerError(f"{ROLES[rank]} exited with status {p.exitcode}")
-        if time.perf_counter() > deadline:
+                errors.append(f"{ROLES[rank]} exited with status {p.exitcode}")
+        now = time.perf_counter()
+        if errors and first_error is None:
+            first_error = now
+        if errors and now - first_error > grace:
+            break
+        if now > deadline:
+            if errors:
+                break
             raise PeerError("the parties did not finish before the deadline; stopped them")
         time.sleep(0.02)
+    if errors:
+        causes = [e for e in errors if not any(c in e for c in _CONSEQUENCE)]
+        raise PeerError((causes or errors)[0])
     return outs
 
 
