@@ -415,51 +415,106 @@ def _tables(s: int) -> torch.Tensor:
 _TABLES: dict[int, torch.Tensor] = {}
 
 
-_FOLD = tuple((sh, ((1 << sh) - 1) * (1 | 1 << 32)) for sh in (16, 8, 4, 2, 1))
+# Leaves are vectorized over the digits of a block, in slices of at most this many elements
+# (digits x n) so that the temporaries stay bounded (64 MiB) on large layers.
+LEAF_SLICE = 1 << 23
 
 
-def _parities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parities of bits 0..31 and of bits 32..63 of each int64, as uint8 0/1: XOR-folding each
-    32-bit half onto its low bits (masked, so the halves and the sign never mix)."""
-    for sh, keep in _FOLD:
-        x = x ^ ((x >> sh) & keep)
-    return (x & 1).to(torch.uint8), ((x >> 32) & 1).to(torch.uint8)
+def _half(d: int) -> tuple[int, torch.dtype]:
+    """Where the ``eq`` half starts in the packed leaf words of ``d``-bit digits, and their dtype:
+    digits of up to 3 bits have at most 8 monomials, so both halves fit one int32 (bits 0..7 and
+    8..15, half the memory traffic of int64); larger digits use int64 halves at 0 and 32."""
+    return (8, torch.int32) if d <= 3 else (32, torch.int64)
+
+
+def _parities(
+    x: torch.Tensor, width: int = 32, half: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parities of bits 0..width-1 and of bits half..half+width-1 of each integer, as uint8 0/1:
+    XOR-folding each half onto its low bits (masked, so the halves and the sign never mix).
+    ``width`` (a power of two <= half) says the other bits of each half are zero, which skips
+    the folds that would only move zeros."""
+    sh = width // 2
+    while sh >= 1:
+        x = x ^ ((x >> sh) & (((1 << sh) - 1) * (1 | 1 << half)))
+        sh //= 2
+    return (x & 1).to(torch.uint8), ((x >> half) & 1).to(torch.uint8)
+
+
+@functools.cache
+def _digit_consts(s: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift amounts placing an ``s``-bit digit's single bits (at bit ``2^i``) and its
+    degree >= 2 monomials (at bit ``m``, :func:`multi_masks` order) in the packed word."""
+    single = torch.tensor([1 << i for i in range(s)], dtype=dtype).reshape(s, 1)
+    multi = torch.tensor(multi_masks(s), dtype=dtype).reshape(-1, 1)
+    return single, multi
 
 
 def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | None):
-    """Per block, per digit: this party's shares of ALL monomials of the digit packed in one
-    int64 per element, bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held by P0; single
-    bits are the mask-bit shares; degree >= 2 the provider's monomials)."""
+    """Per block, this party's shares of ALL monomials of each digit packed in one word per
+    element (dtype of :func:`_half`), bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held
+    by P0; single bits are the mask-bit shares; degree >= 2 the provider's monomials): one
+    (digits, n) tensor per block. The bits are disjoint, so sums of the shifted bits are ORs."""
+    _h, dt = _half(g.d)
     out, row = [], 0
     for start, sizes in g.blocks:
         digits, pos = [], start
         for s in sizes:
-            acc = torch.full((g.n,), 1 if role == SERVER else 0, dtype=torch.int64)
-            for i in range(s):
-                acc |= rbits[pos + i].to(torch.int64) << (1 << i)
-            for m in multi_masks(s):
-                acc |= mono[row].to(torch.int64) << m
-                row += 1
+            single, multi = _digit_consts(s, dt)
+            acc = (rbits[pos : pos + s].to(dt) << single).sum(0, dtype=dt)
+            if len(multi):
+                acc += (mono[row : row + len(multi)].to(dt) << multi).sum(0, dtype=dt)
+                row += len(multi)
+            if role == SERVER:
+                acc |= 1
             digits.append(acc)
             pos += s
-        out.append(digits)
+        out.append(torch.stack(digits))
     return out
 
 
-def _leaves(g: Group, digits: list[torch.Tensor], c: torch.Tensor, start: int, width: int):
+@functools.cache
+def _leaf_consts(d: int, width: int, start: int):
+    """For the digits of bits ``start..start+width-1`` cut into ``d``-bit digits: their shifts
+    (k, 1), value masks (k, 1), offsets into the concatenated tables (k, 1), and that table
+    (the :func:`_tables` of each distinct digit size, concatenated, repacked per :func:`_half`)."""
+    sizes = digit_sizes(width, d)
+    shifts = torch.tensor([start + i * d for i in range(len(sizes))], dtype=torch.int64)
+    masks = torch.tensor([(1 << s) - 1 for s in sizes], dtype=torch.int64)
+    distinct = sorted(set(sizes))
+    base, off = {}, 0
+    for s in distinct:
+        base[s] = off
+        off += 1 << s
+    offs = torch.tensor([base[s] for s in sizes], dtype=torch.int64)
+    table = torch.cat([_tables(s) for s in distinct])
+    half, dt = _half(d)
+    if half != 32:  # lt coefficients < 2^8 at bits 0.., eq at bits half..
+        table = (table & 0xFF) | (((table >> 32) & 0xFF) << half)
+    return shifts.reshape(-1, 1), masks.reshape(-1, 1), offs.reshape(-1, 1), table.to(dt)
+
+
+def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: int):
     """Shares of ``[lt, eq]`` (leaves, n) of the digits of bits ``start..start+width-1`` of the
     public ``c`` against the mask (``digits`` = :func:`_block_monos` of the block at ``start``):
     the parity of (the public value's ANF coefficients AND this party's monomial shares). A
-    digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s)."""
+    digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s).
+    All digits at once (in slices of at most :data:`LEAF_SLICE` elements)."""
+    shifts, masks, offs, table = _leaf_consts(g.d, width, start)
+    half, _dt = _half(g.d)
+    k, n = shifts.shape[0], c.shape[0]
+    step = max(1, LEAF_SLICE // max(n, 1))
     lts, eqs = [], []
-    for i, pos in enumerate(range(0, width, g.d)):
-        s = min(g.d, width - pos)
-        v = (c >> (start + pos)) & ((1 << s) - 1)
-        mono = digits[i] | (digits[i] << 32)  # the shares again under the eq coefficients
-        lt, eq = _parities(_tables(s)[v] & mono)
+    for i in range(0, k, step):
+        v = ((c.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]) + offs[i : i + step]
+        dg = digits[i : min(k, i + step)]
+        mono = dg | (dg << half)  # the shares again under the eq coefficients
+        lt, eq = _parities(table[v] & mono, 1 << g.d, half)
         lts.append(lt)
         eqs.append(eq)
-    return [torch.stack(lts), torch.stack(eqs)]
+    if len(lts) == 1:
+        return [lts[0], eqs[0]]
+    return [torch.cat(lts), torch.cat(eqs)]
 
 
 def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[list[torch.Tensor]]:

@@ -53,6 +53,7 @@ direction without waiting are 1. Two clocks are kept:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import struct
 import zlib
@@ -341,7 +342,7 @@ class Party:
         self.rank = rank
         self.transport = transport
         self.book = StatsBook(insecure_simulated=insecure_simulated)
-        self._pending: list[SendHandle] = []
+        self._pending: collections.deque[SendHandle] = collections.deque()
 
     # -- accounting views
     @property
@@ -378,11 +379,16 @@ class Party:
         self.book.record_send(phase, n * ell, HEADER_BYTES + data.size)
         # Sends complete asynchronously (gloo completes a send only once the receiver has posted
         # the matching receive, so waiting here could deadlock three parties); completion is
-        # checked lazily and by flush().
-        self._pending = [h for h in self._pending if not h.done()]
-        while len(self._pending) >= self.MAX_PENDING:
-            self._pending.pop(0).wait()
-        self._pending.append(handle)
+        # checked lazily and by flush(): the oldest ones as long as they are done (they complete
+        # mostly in order; one poll per send, not one per pending send), all of them at the cap.
+        pending = self._pending
+        while pending and pending[0].done():
+            pending.popleft()
+        if len(pending) >= self.MAX_PENDING:
+            self._pending = pending = collections.deque(h for h in pending if not h.done())
+            while len(pending) >= self.MAX_PENDING:
+                pending.popleft().wait()
+        pending.append(handle)
         return handle
 
     def _recv(self, src: int, tag: str, ell: int, n: int, phase: str) -> torch.Tensor:
@@ -454,7 +460,7 @@ class Party:
 
     def flush(self) -> None:
         """Wait until every message this party sent has been delivered (raises PeerError)."""
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, collections.deque()
         for h in pending:
             h.wait()
 
