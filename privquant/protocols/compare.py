@@ -248,6 +248,14 @@ def _gate_index(low: int, widths: tuple[int, ...], want_low: bool, d: int, level
 
 
 @functools.cache
+def _eq_rows(t: TreePlan, lvl: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At tree level ``lvl``: the parents whose ``eq`` is computed and the rows of their lower
+    children (``2p``), as index tensors (memoized)."""
+    eqp = t.eq_parents[lvl]
+    return torch.tensor(eqp, dtype=torch.long), torch.tensor([2 * p for p in eqp], dtype=torch.long)
+
+
+@functools.cache
 def _unit_counts(low: int, widths: tuple[int, ...], want_low: bool, d: int):
     g = Group(1, low, widths, want_low, d)
     u = gates = 0
@@ -420,25 +428,22 @@ _TABLES: dict[int, torch.Tensor] = {}
 LEAF_SLICE = 1 << 23
 
 
-def _half(d: int) -> tuple[int, torch.dtype]:
-    """Where the ``eq`` half starts in the packed leaf words of ``d``-bit digits, and their dtype:
-    digits of up to 3 bits have at most 8 monomials, so both halves fit one int32 (bits 0..7 and
-    8..15, half the memory traffic of int64); larger digits use int64 halves at 0 and 32."""
-    return (8, torch.int32) if d <= 3 else (32, torch.int64)
+_FOLD = tuple((sh, ((1 << sh) - 1) * (1 | 1 << 32)) for sh in (16, 8, 4, 2, 1))
+
+# Digits of up to this many bits have at most 8 monomials: their leaves are one lookup in a
+# (value, packed monomial byte) -> (lt, eq) table instead of the parity of a masked word.
+LUT_DIGIT = 3
 
 
-def _parities(
-    x: torch.Tensor, width: int = 32, half: int = 32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parities of bits 0..width-1 and of bits half..half+width-1 of each integer, as uint8 0/1:
-    XOR-folding each half onto its low bits (masked, so the halves and the sign never mix).
-    ``width`` (a power of two <= half) says the other bits of each half are zero, which skips
-    the folds that would only move zeros."""
-    sh = width // 2
-    while sh >= 1:
-        x = x ^ ((x >> sh) & (((1 << sh) - 1) * (1 | 1 << half)))
-        sh //= 2
-    return (x & 1).to(torch.uint8), ((x >> half) & 1).to(torch.uint8)
+def _parities(x: torch.Tensor, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parities of bits 0..width-1 and of bits 32..32+width-1 of each int64, as uint8 0/1:
+    XOR-folding each 32-bit half onto its low bits (masked, so the halves and the sign never
+    mix). ``width`` (a power of two <= 32) says the other bits of each half are zero, which
+    skips the folds that would only move zeros."""
+    for sh, keep in _FOLD:
+        if sh < width:
+            x = x ^ ((x >> sh) & keep)
+    return (x & 1).to(torch.uint8), ((x >> 32) & 1).to(torch.uint8)
 
 
 @functools.cache
@@ -452,10 +457,11 @@ def _digit_consts(s: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tenso
 
 def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | None):
     """Per block, this party's shares of ALL monomials of each digit packed in one word per
-    element (dtype of :func:`_half`), bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held
-    by P0; single bits are the mask-bit shares; degree >= 2 the provider's monomials): one
-    (digits, n) tensor per block. The bits are disjoint, so sums of the shifted bits are ORs."""
-    _h, dt = _half(g.d)
+    element, bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held by P0; single bits are
+    the mask-bit shares; degree >= 2 the provider's monomials): one (digits, n) tensor per block,
+    uint8 for digits of up to :data:`LUT_DIGIT` bits (8 monomials), else int64. The bits are
+    disjoint, so sums of the shifted bits are their ORs."""
+    dt = torch.uint8 if g.d <= LUT_DIGIT else torch.int64
     out, row = [], 0
     for start, sizes in g.blocks:
         digits, pos = [], start
@@ -474,24 +480,29 @@ def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | 
 
 
 @functools.cache
-def _leaf_consts(d: int, width: int, start: int):
-    """For the digits of bits ``start..start+width-1`` cut into ``d``-bit digits: their shifts
-    (k, 1), value masks (k, 1), offsets into the concatenated tables (k, 1), and that table
-    (the :func:`_tables` of each distinct digit size, concatenated, repacked per :func:`_half`)."""
+def _leaf_consts(d: int, width: int, dtype: torch.dtype):
+    """For the digits of a ``width``-bit field cut into ``d``-bit digits: their shifts (k, 1),
+    value masks (k, 1), offsets into the concatenated tables (k, 1), and that table: the
+    :func:`_tables` of each distinct digit size, concatenated; for ``d <= LUT_DIGIT`` each row
+    ``v`` expanded to the 256 packed monomial bytes ``m``, entry ``[lt] | [eq] << 1`` = the
+    parities of (coefficients AND ``m``), flat (offsets count rows of 256). ``dtype``: that of
+    the field's values (int32 when it fits, to halve the memory traffic)."""
     sizes = digit_sizes(width, d)
-    shifts = torch.tensor([start + i * d for i in range(len(sizes))], dtype=torch.int64)
-    masks = torch.tensor([(1 << s) - 1 for s in sizes], dtype=torch.int64)
+    shifts = torch.tensor([i * d for i in range(len(sizes))], dtype=dtype)
+    masks = torch.tensor([(1 << s) - 1 for s in sizes], dtype=dtype)
     distinct = sorted(set(sizes))
     base, off = {}, 0
     for s in distinct:
         base[s] = off
         off += 1 << s
-    offs = torch.tensor([base[s] for s in sizes], dtype=torch.int64)
+    offs = torch.tensor([base[s] for s in sizes], dtype=dtype)
     table = torch.cat([_tables(s) for s in distinct])
-    half, dt = _half(d)
-    if half != 32:  # lt coefficients < 2^8 at bits 0.., eq at bits half..
-        table = (table & 0xFF) | (((table >> 32) & 0xFF) << half)
-    return shifts.reshape(-1, 1), masks.reshape(-1, 1), offs.reshape(-1, 1), table.to(dt)
+    if d <= LUT_DIGIT:
+        m = torch.arange(256, dtype=torch.int64)
+        lt, eq = _parities(table.reshape(-1, 1) & (m | m << 32), 8)
+        table = (lt | eq << 1).reshape(-1)
+        offs = offs << 8
+    return shifts.reshape(-1, 1), masks.reshape(-1, 1), offs.reshape(-1, 1), table
 
 
 def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: int):
@@ -499,17 +510,27 @@ def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: 
     public ``c`` against the mask (``digits`` = :func:`_block_monos` of the block at ``start``):
     the parity of (the public value's ANF coefficients AND this party's monomial shares). A
     digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s).
-    All digits at once (in slices of at most :data:`LEAF_SLICE` elements)."""
-    shifts, masks, offs, table = _leaf_consts(g.d, width, start)
-    half, _dt = _half(g.d)
+    All digits at once (in slices of at most :data:`LEAF_SLICE` elements); table lookups by
+    ``index_select`` (several times faster than advanced indexing)."""
+    field = (c >> start) & ((1 << width) - 1)
+    if width <= 31:
+        field = field.to(torch.int32)
+    shifts, masks, offs, table = _leaf_consts(g.d, width, field.dtype)
     k, n = shifts.shape[0], c.shape[0]
     step = max(1, LEAF_SLICE // max(n, 1))
     lts, eqs = [], []
     for i in range(0, k, step):
-        v = ((c.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]) + offs[i : i + step]
+        v = (field.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]
         dg = digits[i : min(k, i + step)]
-        mono = dg | (dg << half)  # the shares again under the eq coefficients
-        lt, eq = _parities(table[v] & mono, 1 << g.d, half)
+        if g.d <= LUT_DIGIT:
+            idx = ((v << 8) | dg) + offs[i : i + step]
+            r = table.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+            lt, eq = r & 1, r >> 1
+        else:
+            idx = (v + offs[i : i + step]).reshape(-1)
+            mono = dg | (dg << 32)  # the shares again under the eq coefficients
+            coef = table.index_select(0, idx).reshape(mono.shape)
+            lt, eq = _parities(coef & mono, 1 << g.d)
         lts.append(lt)
         eqs.append(eq)
     if len(lts) == 1:
@@ -548,8 +569,8 @@ def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[l
                 if t is not None and level <= t.depth:
                     lt, eq = state[gi][ti]
                     pairs = t.sizes[level - 1] // 2
-                    eqp = list(t.eq_parents[level - 1])
-                    ops += [eq[1 : 2 * pairs : 2], lt[0 : 2 * pairs : 2], eq[[2 * p for p in eqp]]]
+                    eqp, eq_lo = _eq_rows(t, level - 1)
+                    ops += [eq[1 : 2 * pairs : 2], lt[0 : 2 * pairs : 2], eq.index_select(0, eq_lo)]
                     active.append((ti, t, pairs, eqp))
             joins = g.joins and level == g.depth
             if joins:
@@ -573,17 +594,19 @@ def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[l
             d = masked[i] ^ opened[i].reshape(masked[i].shape)
             a = pre.masks[idx + i]
             ii, jj = _gate_index(g.low, g.widths, g.want_low, g.d, level)
-            z = pre.cs[idx + i] ^ (d[ii] & a[jj]) ^ (d[jj] & a[ii])
-            if role == SERVER:
-                z = z ^ (d[ii] & d[jj])
+            # z = c ^ (d_i & a_j) ^ (d_j & a_i) [^ (d_i & d_j) at P0]
+            #   = c ^ (d_i & e_j) ^ (d_j & a_i), e = a ^ d at P0, e = a at P1 (rows: index_select)
+            e = a ^ d if role == SERVER else a
+            z = pre.cs[idx + i] ^ (d.index_select(0, ii) & e.index_select(0, jj))
+            z ^= d.index_select(0, jj) & a.index_select(0, ii)
             zi = 0
             for ti, t, pairs, eqp in active:
                 lt, eq = state[gi][ti]
                 new_lt = lt[1 : 2 * pairs : 2] ^ z[zi : zi + pairs]
                 zi += pairs
                 new_eq = torch.zeros_like(new_lt)
-                if eqp:
-                    new_eq[eqp] = z[zi : zi + len(eqp)]
+                if len(eqp):
+                    new_eq.index_copy_(0, eqp, z[zi : zi + len(eqp)])
                     zi += len(eqp)
                 if t.sizes[level - 1] % 2:
                     new_lt = torch.cat([new_lt, lt[-1:]])

@@ -159,8 +159,8 @@ def test_parities_of_both_halves_exact_incl_sign_bit():
 )
 def test_leaves_are_the_digit_comparisons(d, low, width, n, sliced, seed):
     """With the whole mask on P0's side (P1's shares all 0), P0's leaves ARE the plaintext digit
-    comparisons ``[v < r_D]`` and ``[v == r_D]``: every digit size, short last digits, the packed
-    int32 (d <= 3) and int64 words, and the digit slicing of large layers (``LEAF_SLICE``)."""
+    comparisons ``[v < r_D]`` and ``[v == r_D]``: every digit size, short last digits, the lookup
+    table (d <= 3) and the int64 words, and the digit slicing of large layers (``LEAF_SLICE``)."""
     g = torch.Generator().manual_seed(seed)
     grp = compare.Group(n, low, (width, max(1, width - 2)), True, d)
     r = ring.uniform(g, (n,), grp.nbits)
@@ -196,8 +196,8 @@ def test_parities_of_narrow_words():
     from privquant.protocols.compare import _parities
 
     rnd = random.Random(8)
-    for width in (1, 2, 4, 8):
-        vals = [rnd.getrandbits(width) | rnd.getrandbits(width) << 8 for _ in range(2000)]
-        lo, hi = _parities(torch.tensor(vals, dtype=torch.int32), width, 8)
-        assert lo.tolist() == [bin(v & 0xFF).count("1") % 2 for v in vals]
-        assert hi.tolist() == [bin(v >> 8).count("1") % 2 for v in vals]
+    for width in (1, 2, 4, 8, 16):
+        vals = [rnd.getrandbits(width) | rnd.getrandbits(width) << 32 for _ in range(2000)]
+        lo, hi = _parities(torch.tensor(vals), width)
+        assert lo.tolist() == [bin(v & 0xFFFFFFFF).count("1") % 2 for v in vals]
+        assert hi.tolist() == [bin(v >> 32).count("1") % 2 for v in vals]
