@@ -85,6 +85,23 @@ def test_pack_bit_layout_and_chunks():
     assert torch.equal(packing.unpack(buf, n, 3), x)
 
 
+def test_unpack_every_width_against_a_bit_reference():
+    """Every ``ell`` (the byte path, the 64-bit windows up to 57 bits, bit expansion above), group
+    tails of 1..7 elements and one crossing a chunk: ``unpack`` reads the little-endian bit
+    stream exactly (reference: Python integers)."""
+    rng = np.random.default_rng(5)
+    for ell in range(1, 65):
+        for n in (1, 7, 8, 9, 61) + ((packing.CHUNK + 5,) if ell in (13, 20, 57) else ()):
+            buf = rng.integers(0, 256, size=math.ceil(n * ell / 8), dtype=np.uint8)
+            if n * ell % 8:  # the unused high bits of the last byte are zero on the wire
+                buf[-1] &= (1 << (n * ell % 8)) - 1
+            got = packing.unpack(torch.from_numpy(buf), n, ell).numpy().view(np.uint64)
+            stream = int.from_bytes(buf.tobytes(), "little")
+            idx = [0, n - 1, n // 2] if n > 100 else range(n)
+            want = [(stream >> (i * ell)) & ((1 << ell) - 1) for i in idx]
+            assert [int(got[i]) for i in idx] == want, (ell, n)
+
+
 def test_pack_rejects_unreduced_values():
     with pytest.raises(ValueError, match="does not fit"):
         packing.pack(torch.tensor([8]), 3)
