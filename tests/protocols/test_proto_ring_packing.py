@@ -118,3 +118,24 @@ def test_pack_bits_roundtrip(n, seed):
     assert buf.numel() == math.ceil(n / 8)
     assert torch.equal(packing.unpack_bits(buf, n), b)
     assert torch.equal(packing.unpack_bits(packing.pack_bits(b.bool()), n), b)
+
+
+def test_bits_and_to_signed_every_width_against_python_ints():
+    """``bits`` (read from the bytes of each int64) and ``to_signed`` (shift up, arithmetic
+    shift down) at every width, start and edge value, against Python integer arithmetic."""
+    g = torch.Generator().manual_seed(2)
+    edge = [0, 1, -1, 2**62, 2**63 - 1, -(2**63), -(2**61), 12345, -12345]
+    for ell in range(2, 63):
+        rnd = torch.randint(-(2**62), 2**62, (200,), generator=g).tolist()
+        vals = rnd + edge + [2 ** (ell - 1), 2 ** (ell - 1) - 1, -(2 ** (ell - 1)), 2**ell - 1]
+        x = torch.tensor(vals)
+        u = [v % (1 << ell) for v in vals]
+        assert ring.to_signed(x, ell).tolist() == [
+            v - (1 << ell) if v >> (ell - 1) else v for v in u
+        ]
+        xr = ring.reduce(x, ell).reshape(-1, 1)
+        for start in {0, min(5, ell - 1), ell - 1}:
+            m = ell - start
+            b = ring.bits(xr, m, start)
+            assert b.shape == (m, len(vals), 1) and b.dtype == torch.uint8
+            assert b[:, :, 0].t().tolist() == [[v >> (start + j) & 1 for j in range(m)] for v in u]
