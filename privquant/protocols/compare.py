@@ -483,14 +483,16 @@ def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | 
 def _leaf_consts(d: int, width: int, dtype: torch.dtype):
     """For the digits of a ``width``-bit field cut into ``d``-bit digits: their shifts (k, 1),
     value masks (k, 1), offsets into the concatenated tables (k, 1), and that table: the
-    :func:`_tables` of each distinct digit size, concatenated; for ``d <= LUT_DIGIT`` each row
-    ``v`` expanded to the 256 packed monomial bytes ``m``, entry ``[lt] | [eq] << 1`` = the
-    parities of (coefficients AND ``m``), flat (offsets count rows of 256). ``dtype``: that of
-    the field's values (int32 when it fits, to halve the memory traffic)."""
+    :func:`_tables` of each distinct digit size, the full size first (so only a short last
+    digit has a non-zero offset). For ``d <= LUT_DIGIT`` each row ``v`` is expanded to the 256
+    packed monomial bytes ``m``, entry ``[lt] | [eq] << 1`` = the parities of (coefficients AND
+    ``m``), flat, and masks and offsets are scaled by 256 (the field is read shifted left by 8
+    bits, so that ``v * 256`` comes out of the mask directly). ``dtype``: that of the field's
+    values (int32 when it fits, to halve the memory traffic)."""
     sizes = digit_sizes(width, d)
     shifts = torch.tensor([i * d for i in range(len(sizes))], dtype=dtype)
     masks = torch.tensor([(1 << s) - 1 for s in sizes], dtype=dtype)
-    distinct = sorted(set(sizes))
+    distinct = sorted(set(sizes), reverse=True)
     base, off = {}, 0
     for s in distinct:
         base[s] = off
@@ -501,7 +503,7 @@ def _leaf_consts(d: int, width: int, dtype: torch.dtype):
         m = torch.arange(256, dtype=torch.int64)
         lt, eq = _parities(table.reshape(-1, 1) & (m | m << 32), 8)
         table = (lt | eq << 1).reshape(-1)
-        offs = offs << 8
+        offs, masks = offs << 8, masks << 8
     return shifts.reshape(-1, 1), masks.reshape(-1, 1), offs.reshape(-1, 1), table
 
 
@@ -512,18 +514,24 @@ def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: 
     digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s).
     All digits at once (in slices of at most :data:`LEAF_SLICE` elements); table lookups by
     ``index_select`` (several times faster than advanced indexing)."""
+    lut = g.d <= LUT_DIGIT
     field = (c >> start) & ((1 << width) - 1)
-    if width <= 31:
+    if width <= (23 if lut else 31):
         field = field.to(torch.int32)
+    if lut:
+        field = field << 8
     shifts, masks, offs, table = _leaf_consts(g.d, width, field.dtype)
     k, n = shifts.shape[0], c.shape[0]
+    short = int(offs[-1]) != 0  # a short last digit: the only non-zero offset
     step = max(1, LEAF_SLICE // max(n, 1))
     lts, eqs = [], []
     for i in range(0, k, step):
         v = (field.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]
         dg = digits[i : min(k, i + step)]
-        if g.d <= LUT_DIGIT:
-            idx = ((v << 8) | dg) + offs[i : i + step]
+        if lut:
+            idx = v | dg  # v * 256 + the packed monomial byte
+            if short and i + step >= k:
+                idx[-1] += offs[-1, 0]
             r = table.index_select(0, idx.reshape(-1)).reshape(idx.shape)
             lt, eq = r & 1, r >> 1
         else:
