@@ -379,15 +379,14 @@ class Party:
         self.book.record_send(phase, n * ell, HEADER_BYTES + data.size)
         # Sends complete asynchronously (gloo completes a send only once the receiver has posted
         # the matching receive, so waiting here could deadlock three parties); completion is
-        # checked lazily and by flush(): the oldest ones as long as they are done (they complete
-        # mostly in order; one poll per send, not one per pending send), all of them at the cap.
+        # checked lazily and by flush(): the oldest ones as long as they are done (one poll per
+        # send, not one per pending send); at the cap the oldest is waited for (gloo reports a
+        # send completed only once waited for, so polling all of them found none).
         pending = self._pending
         while pending and pending[0].done():
             pending.popleft()
-        if len(pending) >= self.MAX_PENDING:
-            self._pending = pending = collections.deque(h for h in pending if not h.done())
-            while len(pending) >= self.MAX_PENDING:
-                pending.popleft().wait()
+        while len(pending) >= self.MAX_PENDING:
+            pending.popleft().wait()
         pending.append(handle)
         return handle
 
