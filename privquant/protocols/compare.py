@@ -361,6 +361,7 @@ def _offline(corr: Provider, groups, rvals=None) -> CmpPre:
     cflat = corr.gates_and_monomials(pairs, total, monomials, sum(mono_counts))
     if corr.role not in (0, 1):
         return CmpPre(None, None)
+    _plan_tables(groups)
     cs, pos = [], 0
     for n, _nops, gs in layout:
         cs.append(cflat[pos : pos + n * len(gs)].reshape(len(gs), n) if gs else None)
@@ -370,6 +371,25 @@ def _offline(corr: Provider, groups, rvals=None) -> CmpPre:
         monos.append(cflat[pos : pos + cnt].reshape(g.monomials, g.n) if cnt else None)
         pos += cnt
     return CmpPre([m.share for m in masks], cs, monos)
+
+
+def _plan_tables(groups) -> None:
+    """Build the memoized public tables of the online step (gate indices, eq rows, leaf tables)
+    during preprocessing: they depend only on the groups' shapes, not on any data, so the online
+    step of a new shape does not spend its time on them."""
+    for g in groups:
+        for level in range(1, g.depth + 1):
+            _gate_index(g.low, g.widths, g.want_low, g.d, level)
+            for t in g.trees:
+                if t is not None and level <= t.depth:
+                    _eq_rows(t, level - 1)
+        fields = ([(0, g.low)] if g.low else []) + [(g.low, w) for w in g.widths if w > 0]
+        for _start, width in fields:
+            small = width <= (23 if g.d <= LUT_DIGIT else 31)
+            _leaf_consts(g.d, width, torch.int32 if small else torch.int64)
+        for _start, sizes in g.blocks:
+            for s in set(sizes):
+                _digit_consts(s, torch.uint8 if g.d <= LUT_DIGIT else torch.int64)
 
 
 def _monomials(g: Group, rb: torch.Tensor) -> torch.Tensor:
