@@ -444,8 +444,9 @@ _TABLES: dict[int, torch.Tensor] = {}
 
 
 # Leaves are vectorized over the digits of a block, in slices of at most this many elements
-# (digits x n) so that the temporaries stay bounded (64 MiB) on large layers.
-LEAF_SLICE = 1 << 23
+# (digits x n) so that the temporaries stay bounded (about 20 MB) on large layers; whole blocks
+# at once up to n = 2^21 / digits (Python overhead matters only for small layers).
+LEAF_SLICE = 1 << 21
 
 
 _FOLD = tuple((sh, ((1 << sh) - 1) * (1 | 1 << 32)) for sh in (16, 8, 4, 2, 1))
