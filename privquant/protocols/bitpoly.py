@@ -226,23 +226,27 @@ def _online(
         opened = masked ^ party.exchange_bits(masked, tag)
         e = {v: opened[i].to(torch.int64) for i, v in enumerate(spec.vars)}
     index = {k: i for i, k in enumerate(spec.items)}
+    sgn = {x: 1 - 2 * ex for x, ex in e.items()}  # the factor of a variable in the subset s
     acc = torch.zeros(n, dtype=torch.int64)
     for (b, a), coef in poly.terms.items():
+        # a public coefficient stays a Python int (or its own tensor, broadcast) until it meets
+        # a tensor: products wrap mod 2^64 and are reduced mod 2^ell at the end
+        if isinstance(coef, torch.Tensor):
+            c0 = coef.reshape(-1).to(torch.int64)
+        else:
+            c0 = coef & ring.mask(ell)
         for r in range(len(b) + 1):
             for s in itertools.combinations(b, r):
-                if isinstance(coef, torch.Tensor):
-                    g = coef.reshape(-1).to(torch.int64).expand(n)
-                else:
-                    g = torch.full((n,), coef & ring.mask(ell), dtype=torch.int64)
+                g = c0
                 for x in b:
-                    g = g * (1 - 2 * e[x]) if x in s else g * e[x]
+                    g = g * (sgn[x] if x in s else e[x])
                 if not s and a is None:
                     if party.rank == SERVER:
-                        acc = acc + g
+                        acc += g
                 elif not s and a in provided:
-                    acc = acc + g * provided[a].reshape(n)
+                    acc += g * provided[a].reshape(n)
                 else:
-                    acc = acc + g * pre.prods[index[(s, a)]]
+                    acc += g * pre.prods[index[(s, a)]]
     return ring.reduce(acc, ell)
 
 

@@ -248,6 +248,14 @@ def _gate_index(low: int, widths: tuple[int, ...], want_low: bool, d: int, level
 
 
 @functools.cache
+def _eq_rows(t: TreePlan, lvl: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """At tree level ``lvl``: the parents whose ``eq`` is computed and the rows of their lower
+    children (``2p``), as index tensors (memoized)."""
+    eqp = t.eq_parents[lvl]
+    return torch.tensor(eqp, dtype=torch.long), torch.tensor([2 * p for p in eqp], dtype=torch.long)
+
+
+@functools.cache
 def _unit_counts(low: int, widths: tuple[int, ...], want_low: bool, d: int):
     g = Group(1, low, widths, want_low, d)
     u = gates = 0
@@ -353,6 +361,7 @@ def _offline(corr: Provider, groups, rvals=None) -> CmpPre:
     cflat = corr.gates_and_monomials(pairs, total, monomials, sum(mono_counts))
     if corr.role not in (0, 1):
         return CmpPre(None, None)
+    _plan_tables(groups)
     cs, pos = [], 0
     for n, _nops, gs in layout:
         cs.append(cflat[pos : pos + n * len(gs)].reshape(len(gs), n) if gs else None)
@@ -362,6 +371,25 @@ def _offline(corr: Provider, groups, rvals=None) -> CmpPre:
         monos.append(cflat[pos : pos + cnt].reshape(g.monomials, g.n) if cnt else None)
         pos += cnt
     return CmpPre([m.share for m in masks], cs, monos)
+
+
+def _plan_tables(groups) -> None:
+    """Build the memoized public tables of the online step (gate indices, eq rows, leaf tables)
+    during preprocessing: they depend only on the groups' shapes, not on any data, so the online
+    step of a new shape does not spend its time on them."""
+    for g in groups:
+        for level in range(1, g.depth + 1):
+            _gate_index(g.low, g.widths, g.want_low, g.d, level)
+            for t in g.trees:
+                if t is not None and level <= t.depth:
+                    _eq_rows(t, level - 1)
+        fields = ([(0, g.low)] if g.low else []) + [(g.low, w) for w in g.widths if w > 0]
+        for _start, width in fields:
+            small = width <= (23 if g.d <= LUT_DIGIT else 31)
+            _leaf_consts(g.d, width, torch.int32 if small else torch.int64)
+        for _start, sizes in g.blocks:
+            for s in set(sizes):
+                _digit_consts(s, torch.uint8 if g.d <= LUT_DIGIT else torch.int64)
 
 
 def _monomials(g: Group, rb: torch.Tensor) -> torch.Tensor:
@@ -415,51 +443,128 @@ def _tables(s: int) -> torch.Tensor:
 _TABLES: dict[int, torch.Tensor] = {}
 
 
+# Leaves are vectorized over the digits of a block, in slices of at most this many elements
+# (digits x n) so that the temporaries stay bounded (about 20 MB) on large layers; whole blocks
+# at once up to n = 2^21 / digits (Python overhead matters only for small layers).
+LEAF_SLICE = 1 << 21
+
+
 _FOLD = tuple((sh, ((1 << sh) - 1) * (1 | 1 << 32)) for sh in (16, 8, 4, 2, 1))
 
+# Digits of up to this many bits have at most 8 monomials: their leaves are one lookup in a
+# (value, packed monomial byte) -> (lt, eq) table instead of the parity of a masked word.
+LUT_DIGIT = 3
 
-def _parities(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parities of bits 0..31 and of bits 32..63 of each int64, as uint8 0/1: XOR-folding each
-    32-bit half onto its low bits (masked, so the halves and the sign never mix)."""
+
+def _parities(x: torch.Tensor, width: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parities of bits 0..width-1 and of bits 32..32+width-1 of each int64, as uint8 0/1:
+    XOR-folding each 32-bit half onto its low bits (masked, so the halves and the sign never
+    mix). ``width`` (a power of two <= 32) says the other bits of each half are zero, which
+    skips the folds that would only move zeros."""
     for sh, keep in _FOLD:
-        x = x ^ ((x >> sh) & keep)
+        if sh < width:
+            x = x ^ ((x >> sh) & keep)
     return (x & 1).to(torch.uint8), ((x >> 32) & 1).to(torch.uint8)
 
 
+@functools.cache
+def _digit_consts(s: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift amounts placing an ``s``-bit digit's single bits (at bit ``2^i``) and its
+    degree >= 2 monomials (at bit ``m``, :func:`multi_masks` order) in the packed word."""
+    single = torch.tensor([1 << i for i in range(s)], dtype=dtype).reshape(s, 1)
+    multi = torch.tensor(multi_masks(s), dtype=dtype).reshape(-1, 1)
+    return single, multi
+
+
 def _block_monos(role: int, g: Group, rbits: torch.Tensor, mono: torch.Tensor | None):
-    """Per block, per digit: this party's shares of ALL monomials of the digit packed in one
-    int64 per element, bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held by P0; single
-    bits are the mask-bit shares; degree >= 2 the provider's monomials)."""
+    """Per block, this party's shares of ALL monomials of each digit packed in one word per
+    element, bit ``m`` = monomial ``m`` (mask 0 is the constant 1, held by P0; single bits are
+    the mask-bit shares; degree >= 2 the provider's monomials): one (digits, n) tensor per block,
+    uint8 for digits of up to :data:`LUT_DIGIT` bits (8 monomials), else int64. The bits are
+    disjoint, so sums of the shifted bits are their ORs."""
+    dt = torch.uint8 if g.d <= LUT_DIGIT else torch.int64
     out, row = [], 0
     for start, sizes in g.blocks:
         digits, pos = [], start
         for s in sizes:
-            acc = torch.full((g.n,), 1 if role == SERVER else 0, dtype=torch.int64)
-            for i in range(s):
-                acc |= rbits[pos + i].to(torch.int64) << (1 << i)
-            for m in multi_masks(s):
-                acc |= mono[row].to(torch.int64) << m
-                row += 1
+            single, multi = _digit_consts(s, dt)
+            acc = (rbits[pos : pos + s].to(dt) << single).sum(0, dtype=dt)
+            if len(multi):
+                acc += (mono[row : row + len(multi)].to(dt) << multi).sum(0, dtype=dt)
+                row += len(multi)
+            if role == SERVER:
+                acc |= 1
             digits.append(acc)
             pos += s
-        out.append(digits)
+        out.append(torch.stack(digits))
     return out
 
 
-def _leaves(g: Group, digits: list[torch.Tensor], c: torch.Tensor, start: int, width: int):
+@functools.cache
+def _leaf_consts(d: int, width: int, dtype: torch.dtype):
+    """For the digits of a ``width``-bit field cut into ``d``-bit digits: their shifts (k, 1),
+    value masks (k, 1), offsets into the concatenated tables (k, 1), and that table: the
+    :func:`_tables` of each distinct digit size, the full size first (so only a short last
+    digit has a non-zero offset). For ``d <= LUT_DIGIT`` each row ``v`` is expanded to the 256
+    packed monomial bytes ``m``, entry ``[lt] | [eq] << 1`` = the parities of (coefficients AND
+    ``m``), flat, and masks and offsets are scaled by 256 (the field is read shifted left by 8
+    bits, so that ``v * 256`` comes out of the mask directly). ``dtype``: that of the field's
+    values (int32 when it fits, to halve the memory traffic)."""
+    sizes = digit_sizes(width, d)
+    shifts = torch.tensor([i * d for i in range(len(sizes))], dtype=dtype)
+    masks = torch.tensor([(1 << s) - 1 for s in sizes], dtype=dtype)
+    distinct = sorted(set(sizes), reverse=True)
+    base, off = {}, 0
+    for s in distinct:
+        base[s] = off
+        off += 1 << s
+    offs = torch.tensor([base[s] for s in sizes], dtype=dtype)
+    table = torch.cat([_tables(s) for s in distinct])
+    if d <= LUT_DIGIT:
+        m = torch.arange(256, dtype=torch.int64)
+        lt, eq = _parities(table.reshape(-1, 1) & (m | m << 32), 8)
+        table = (lt | eq << 1).reshape(-1)
+        offs, masks = offs << 8, masks << 8
+    return shifts.reshape(-1, 1), masks.reshape(-1, 1), offs.reshape(-1, 1), table
+
+
+def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: int):
     """Shares of ``[lt, eq]`` (leaves, n) of the digits of bits ``start..start+width-1`` of the
     public ``c`` against the mask (``digits`` = :func:`_block_monos` of the block at ``start``):
     the parity of (the public value's ANF coefficients AND this party's monomial shares). A
-    digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s)."""
+    digit shorter than the block's uses the monomials of its first ``s`` bits (masks < 2^s).
+    All digits at once (in slices of at most :data:`LEAF_SLICE` elements); table lookups by
+    ``index_select`` (several times faster than advanced indexing)."""
+    lut = g.d <= LUT_DIGIT
+    field = (c >> start) & ((1 << width) - 1)
+    if width <= (23 if lut else 31):
+        field = field.to(torch.int32)
+    if lut:
+        field = field << 8
+    shifts, masks, offs, table = _leaf_consts(g.d, width, field.dtype)
+    k, n = shifts.shape[0], c.shape[0]
+    short = int(offs[-1]) != 0  # a short last digit: the only non-zero offset
+    step = max(1, LEAF_SLICE // max(n, 1))
     lts, eqs = [], []
-    for i, pos in enumerate(range(0, width, g.d)):
-        s = min(g.d, width - pos)
-        v = (c >> (start + pos)) & ((1 << s) - 1)
-        mono = digits[i] | (digits[i] << 32)  # the shares again under the eq coefficients
-        lt, eq = _parities(_tables(s)[v] & mono)
+    for i in range(0, k, step):
+        v = (field.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]
+        dg = digits[i : min(k, i + step)]
+        if lut:
+            idx = v | dg  # v * 256 + the packed monomial byte
+            if short and i + step >= k:
+                idx[-1] += offs[-1, 0]
+            r = table.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+            lt, eq = r & 1, r >> 1
+        else:
+            idx = (v + offs[i : i + step]).reshape(-1)
+            mono = dg | (dg << 32)  # the shares again under the eq coefficients
+            coef = table.index_select(0, idx).reshape(mono.shape)
+            lt, eq = _parities(coef & mono, 1 << g.d)
         lts.append(lt)
         eqs.append(eq)
-    return [torch.stack(lts), torch.stack(eqs)]
+    if len(lts) == 1:
+        return [lts[0], eqs[0]]
+    return [torch.cat(lts), torch.cat(eqs)]
 
 
 def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[list[torch.Tensor]]:
@@ -493,8 +598,8 @@ def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[l
                 if t is not None and level <= t.depth:
                     lt, eq = state[gi][ti]
                     pairs = t.sizes[level - 1] // 2
-                    eqp = list(t.eq_parents[level - 1])
-                    ops += [eq[1 : 2 * pairs : 2], lt[0 : 2 * pairs : 2], eq[[2 * p for p in eqp]]]
+                    eqp, eq_lo = _eq_rows(t, level - 1)
+                    ops += [eq[1 : 2 * pairs : 2], lt[0 : 2 * pairs : 2], eq.index_select(0, eq_lo)]
                     active.append((ti, t, pairs, eqp))
             joins = g.joins and level == g.depth
             if joins:
@@ -518,17 +623,19 @@ def _online(party: Party, groups, pre: CmpPre, data, tag: str = "cmp") -> list[l
             d = masked[i] ^ opened[i].reshape(masked[i].shape)
             a = pre.masks[idx + i]
             ii, jj = _gate_index(g.low, g.widths, g.want_low, g.d, level)
-            z = pre.cs[idx + i] ^ (d[ii] & a[jj]) ^ (d[jj] & a[ii])
-            if role == SERVER:
-                z = z ^ (d[ii] & d[jj])
+            # z = c ^ (d_i & a_j) ^ (d_j & a_i) [^ (d_i & d_j) at P0]
+            #   = c ^ (d_i & e_j) ^ (d_j & a_i), e = a ^ d at P0, e = a at P1 (rows: index_select)
+            e = a ^ d if role == SERVER else a
+            z = pre.cs[idx + i] ^ (d.index_select(0, ii) & e.index_select(0, jj))
+            z ^= d.index_select(0, jj) & a.index_select(0, ii)
             zi = 0
             for ti, t, pairs, eqp in active:
                 lt, eq = state[gi][ti]
                 new_lt = lt[1 : 2 * pairs : 2] ^ z[zi : zi + pairs]
                 zi += pairs
                 new_eq = torch.zeros_like(new_lt)
-                if eqp:
-                    new_eq[eqp] = z[zi : zi + len(eqp)]
+                if len(eqp):
+                    new_eq.index_copy_(0, eqp, z[zi : zi + len(eqp)])
                     zi += len(eqp)
                 if t.sizes[level - 1] % 2:
                     new_lt = torch.cat([new_lt, lt[-1:]])

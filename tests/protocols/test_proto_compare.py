@@ -146,3 +146,58 @@ def test_parities_of_both_halves_exact_incl_sign_bit():
     lo, hi = _parities(x)
     assert lo.tolist() == [bin(v & 0xFFFFFFFF).count("1") % 2 for v in vals]
     assert hi.tolist() == [bin(v >> 32).count("1") % 2 for v in vals]
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    d=st.sampled_from(compare.DIGITS),
+    low=st.integers(0, 11),
+    width=st.integers(1, 13),
+    n=st.integers(1, 9),
+    sliced=st.booleans(),
+    seed=st.integers(0, 2**31),
+)
+def test_leaves_are_the_digit_comparisons(d, low, width, n, sliced, seed):
+    """With the whole mask on P0's side (P1's shares all 0), P0's leaves ARE the plaintext digit
+    comparisons ``[v < r_D]`` and ``[v == r_D]``: every digit size, short last digits, the lookup
+    table (d <= 3) and the int64 words, and the digit slicing of large layers (``LEAF_SLICE``)."""
+    g = torch.Generator().manual_seed(seed)
+    grp = compare.Group(n, low, (width, max(1, width - 2)), True, d)
+    r = ring.uniform(g, (n,), grp.nbits)
+    c = ring.uniform(g, (n,), 62)
+    rb = ring.bits(r, grp.nbits)
+    mono = compare._monomials(grp, rb) if grp.monomials else None
+    old = compare.LEAF_SLICE
+    compare.LEAF_SLICE = 1 if sliced else old
+    try:
+        zero = None if mono is None else torch.zeros_like(mono)
+        for role, rbits, m in ((0, rb, mono), (1, torch.zeros_like(rb), zero)):
+            blocks = dict(
+                zip([b[0] for b in grp.blocks], compare._block_monos(role, grp, rbits, m))
+            )
+            for start, w in ([(0, low)] if low else []) + [(low, width), (low, width - 2)]:
+                if w <= 0:
+                    continue
+                lt, eq = compare._leaves(grp, blocks[start], c, start, w)
+                for i, pos in enumerate(range(0, w, d)):
+                    s = min(d, w - pos)
+                    v = (c >> (start + pos)) & ((1 << s) - 1)
+                    rd = (r >> (start + pos)) & ((1 << s) - 1)
+                    want_lt = (v < rd).to(torch.uint8) if role == 0 else torch.zeros_like(lt[i])
+                    want_eq = (v == rd).to(torch.uint8) if role == 0 else torch.zeros_like(eq[i])
+                    assert torch.equal(lt[i], want_lt) and torch.equal(eq[i], want_eq)
+    finally:
+        compare.LEAF_SLICE = old
+
+
+def test_parities_of_narrow_words():
+    import random
+
+    from privquant.protocols.compare import _parities
+
+    rnd = random.Random(8)
+    for width in (1, 2, 4, 8, 16):
+        vals = [rnd.getrandbits(width) | rnd.getrandbits(width) << 32 for _ in range(2000)]
+        lo, hi = _parities(torch.tensor(vals), width)
+        assert lo.tolist() == [bin(v & 0xFFFFFFFF).count("1") % 2 for v in vals]
+        assert hi.tolist() == [bin(v >> 32).count("1") % 2 for v in vals]

@@ -85,6 +85,23 @@ def test_pack_bit_layout_and_chunks():
     assert torch.equal(packing.unpack(buf, n, 3), x)
 
 
+def test_unpack_every_width_against_a_bit_reference():
+    """Every ``ell`` (the byte path, the 64-bit windows up to 57 bits, bit expansion above), group
+    tails of 1..7 elements and one crossing a chunk: ``unpack`` reads the little-endian bit
+    stream exactly (reference: Python integers)."""
+    rng = np.random.default_rng(5)
+    for ell in range(1, 65):
+        for n in (1, 7, 8, 9, 61) + ((packing.CHUNK + 5,) if ell in (13, 20, 57) else ()):
+            buf = rng.integers(0, 256, size=math.ceil(n * ell / 8), dtype=np.uint8)
+            if n * ell % 8:  # the unused high bits of the last byte are zero on the wire
+                buf[-1] &= (1 << (n * ell % 8)) - 1
+            got = packing.unpack(torch.from_numpy(buf), n, ell).numpy().view(np.uint64)
+            stream = int.from_bytes(buf.tobytes(), "little")
+            idx = [0, n - 1, n // 2] if n > 100 else range(n)
+            want = [(stream >> (i * ell)) & ((1 << ell) - 1) for i in idx]
+            assert [int(got[i]) for i in idx] == want, (ell, n)
+
+
 def test_pack_rejects_unreduced_values():
     with pytest.raises(ValueError, match="does not fit"):
         packing.pack(torch.tensor([8]), 3)
@@ -101,3 +118,24 @@ def test_pack_bits_roundtrip(n, seed):
     assert buf.numel() == math.ceil(n / 8)
     assert torch.equal(packing.unpack_bits(buf, n), b)
     assert torch.equal(packing.unpack_bits(packing.pack_bits(b.bool()), n), b)
+
+
+def test_bits_and_to_signed_every_width_against_python_ints():
+    """``bits`` (read from the bytes of each int64) and ``to_signed`` (shift up, arithmetic
+    shift down) at every width, start and edge value, against Python integer arithmetic."""
+    g = torch.Generator().manual_seed(2)
+    edge = [0, 1, -1, 2**62, 2**63 - 1, -(2**63), -(2**61), 12345, -12345]
+    for ell in range(2, 63):
+        rnd = torch.randint(-(2**62), 2**62, (200,), generator=g).tolist()
+        vals = rnd + edge + [2 ** (ell - 1), 2 ** (ell - 1) - 1, -(2 ** (ell - 1)), 2**ell - 1]
+        x = torch.tensor(vals)
+        u = [v % (1 << ell) for v in vals]
+        assert ring.to_signed(x, ell).tolist() == [
+            v - (1 << ell) if v >> (ell - 1) else v for v in u
+        ]
+        xr = ring.reduce(x, ell).reshape(-1, 1)
+        for start in {0, min(5, ell - 1), ell - 1}:
+            m = ell - start
+            b = ring.bits(xr, m, start)
+            assert b.shape == (m, len(vals), 1) and b.dtype == torch.uint8
+            assert b[:, :, 0].t().tolist() == [[v >> (start + j) & 1 for j in range(m)] for v in u]

@@ -44,4 +44,5 @@ class Prg:
         shape = tuple(int(s) for s in shape)
         n = int(np.prod(shape)) if shape else 1
         raw = np.frombuffer(self.bytes((n + 7) // 8), dtype=np.uint8)
-        return torch.from_numpy(np.unpackbits(raw, bitorder="little")[:n].copy()).reshape(shape)
+        # unpackbits returns a fresh writable array: no copy needed for torch
+        return torch.from_numpy(np.unpackbits(raw, bitorder="little", count=n)).reshape(shape)

@@ -62,8 +62,10 @@ def reduce(x: torch.Tensor, ell: int) -> torch.Tensor:
 
 def to_signed(x: torch.Tensor, ell: int) -> torch.Tensor:
     """Centered representative in ``[-2^(ell-1), 2^(ell-1))`` of ``x mod 2^ell``."""
-    x = reduce(x, ell)
-    return x - ((x >> (ell - 1)) << ell)
+    # the low ell bits moved to the top, then an arithmetic shift back (sign extension): two
+    # int64 passes instead of four (left shifts of int64 wrap, as unsigned, in torch)
+    sh = 64 - ell
+    return (x.to(torch.int64) << sh) >> sh
 
 
 def uniform(gen, shape, ell: int) -> torch.Tensor:
@@ -89,8 +91,16 @@ def bits(x: torch.Tensor, m: int, start: int = 0) -> torch.Tensor:
 
     Returns a uint8 tensor of shape ``(m, *x.shape)`` whose row ``j`` is bit ``start + j``.
     """
-    pos = torch.arange(start, start + m, dtype=torch.int64).reshape((m,) + (1,) * x.dim())
-    return ((x.unsqueeze(0) >> pos) & 1).to(torch.uint8)
+    if m == 0 or start + m > 64 or x.numel() == 0:
+        pos = torch.arange(start, start + m, dtype=torch.int64).reshape((m,) + (1,) * x.dim())
+        return ((x.unsqueeze(0) >> pos) & 1).to(torch.uint8)
+    # from the bytes of each int64 (little-endian host: byte k holds bits 8k..8k+7): row j is
+    # byte (start+j)//8 shifted right by (start+j)%8, all in uint8 (1/8 of the int64 traffic)
+    pos = torch.arange(start, start + m)
+    by = x.to(torch.int64).contiguous().reshape(-1).view(torch.uint8).reshape(-1, 8).t()
+    rows = by.index_select(0, pos // 8)
+    out = (rows >> (pos % 8).to(torch.uint8).reshape(m, 1)) & 1
+    return out.reshape((m, *x.shape))
 
 
 def from_bits(b: torch.Tensor) -> torch.Tensor:

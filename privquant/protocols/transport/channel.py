@@ -53,6 +53,7 @@ direction without waiting are 1. Two clocks are kept:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import struct
 import zlib
@@ -341,7 +342,7 @@ class Party:
         self.rank = rank
         self.transport = transport
         self.book = StatsBook(insecure_simulated=insecure_simulated)
-        self._pending: list[SendHandle] = []
+        self._pending: collections.deque[SendHandle] = collections.deque()
 
     # -- accounting views
     @property
@@ -378,11 +379,15 @@ class Party:
         self.book.record_send(phase, n * ell, HEADER_BYTES + data.size)
         # Sends complete asynchronously (gloo completes a send only once the receiver has posted
         # the matching receive, so waiting here could deadlock three parties); completion is
-        # checked lazily and by flush().
-        self._pending = [h for h in self._pending if not h.done()]
-        while len(self._pending) >= self.MAX_PENDING:
-            self._pending.pop(0).wait()
-        self._pending.append(handle)
+        # checked lazily and by flush(): the oldest ones as long as they are done (one poll per
+        # send, not one per pending send); at the cap the oldest is waited for (gloo reports a
+        # send completed only once waited for, so polling all of them found none).
+        pending = self._pending
+        while pending and pending[0].done():
+            pending.popleft()
+        while len(pending) >= self.MAX_PENDING:
+            pending.popleft().wait()
+        pending.append(handle)
         return handle
 
     def _recv(self, src: int, tag: str, ell: int, n: int, phase: str) -> torch.Tensor:
@@ -454,7 +459,7 @@ class Party:
 
     def flush(self) -> None:
         """Wait until every message this party sent has been delivered (raises PeerError)."""
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, collections.deque()
         for h in pending:
             h.wait()
 

@@ -182,9 +182,14 @@ class _Handles(SendHandle):
 
     def done(self) -> bool:
         try:
-            return all(w.is_completed() for w in self.works)
-        except Exception:  # a failed send counts as done here; wait() reports it
+            while self.works and self.works[-1].is_completed():  # pieces complete in order
+                self.works.pop()
+        except Exception:  # a failed send counts as not done here; wait() reports it
             return False
+        if self.works:
+            return False
+        self.keep = ()  # delivered: the buffers may go
+        return True
 
 
 class CryptenTransport(Transport):
