@@ -539,7 +539,10 @@ def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: 
     field = (c >> start) & ((1 << width) - 1)
     if width <= (23 if lut else 31):
         field = field.to(torch.int32)
-    if lut:
+    # the LUT reads v * 256 straight out of the field shifted left by 8 bits, unless that shift
+    # would push a wide field's top bits out of the int64 (then each digit is shifted instead)
+    pre_shift = lut and width + 8 <= 63
+    if pre_shift:
         field = field << 8
     shifts, masks, offs, table = _leaf_consts(g.d, width, field.dtype)
     k, n = shifts.shape[0], c.shape[0]
@@ -547,7 +550,10 @@ def _leaves(g: Group, digits: torch.Tensor, c: torch.Tensor, start: int, width: 
     step = max(1, LEAF_SLICE // max(n, 1))
     lts, eqs = [], []
     for i in range(0, k, step):
-        v = (field.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]
+        if lut and not pre_shift:
+            v = ((field.unsqueeze(0) >> shifts[i : i + step]) & (masks[i : i + step] >> 8)) << 8
+        else:
+            v = (field.unsqueeze(0) >> shifts[i : i + step]) & masks[i : i + step]
         dg = digits[i : min(k, i + step)]
         if lut:
             idx = v | dg  # v * 256 + the packed monomial byte

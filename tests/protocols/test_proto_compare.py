@@ -1,5 +1,6 @@
 """Prefix-circuit comparison [C < r] with a shared low block: exact results and exact cost."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -188,6 +189,14 @@ def test_leaves_are_the_digit_comparisons(d, low, width, n, sliced, seed):
                     assert torch.equal(lt[i], want_lt) and torch.equal(eq[i], want_eq)
     finally:
         compare.LEAF_SLICE = old
+
+
+@pytest.mark.parametrize("d", compare.DIGITS)
+@pytest.mark.parametrize("low, width", [(0, 55), (0, 56), (1, 60), (0, 61), (2, 58)])
+def test_leaves_of_wide_fields(d, low, width):
+    """Fields up to 61 bits (62-bit rings): the lookup leaves must not lose the top digits."""
+    for sliced in (False, True):
+        test_leaves_are_the_digit_comparisons.hypothesis.inner_test(d, low, width, 5, sliced, 11)
 
 
 def test_parities_of_narrow_words():
