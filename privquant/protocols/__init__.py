@@ -50,6 +50,27 @@ argmax (label)             1 image, 10 classes, L=16  3456    3168     0      6
 top-3                      1 image, 10 classes, L=16  3464    2940     0      7
 =========================  =========================  ======  =======  =====  ======
 
+Without a dealer (``ot``: OT extension, SoftSpokenOT k = 4; the same signatures;
+per-session setup such as base OTs and HE keys is not shown):
+
+=========================  ======  =======  =====  ======
+protocol                   online  offline  setup  rounds
+=========================  ======  =======  =====  ======
+open                       32000   0        0      1
+open_to / output           16000   0        0      1
+linear conv 16->32, 3x3    20480   2830592  0      1
+circuit (1 job, 19 bits)   -       -        -      -
+compare x >= 0             226000  794000   0      4
+lift Z_2^5 -> Z_2^20       16000   31000    0      1
+requant ReLU + 4-bit clip  298000  1259000  0      7
+requant (unfused)          711000  2023000  0      11
+maxpool 2x2                39936   170496   0      5
+lut 4-bit -> Z_2^16        96000   155000   0      3
+mul x * y                  304000  992000   0      1
+argmax (label)             8987    34992    0      6
+top-3                      9166    30692    0      7
+=========================  ======  =======  =====  ======
+
 .. catalogue-end
 
 Online bits are what P0 and P1 send each other, offline bits what the provider's correlations

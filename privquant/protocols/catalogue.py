@@ -1,6 +1,8 @@
 """The protocol catalogue rendered from the code: every protocol's ``cost()`` on a few public
-signatures, under the dealer. ``render()`` produces the table that the package docstring
-(:mod:`privquant.protocols`) and ``docs/protocols.md`` show; a test fails when they drift.
+signatures, under the dealer, then its dealer-free counterpart's (:mod:`privquant.protocols.ot`,
+``cost(sig, "ot")`` at the default SoftSpokenOT parameter) on the same signatures. ``render()``
+produces the tables that the package docstring (:mod:`privquant.protocols`) and
+``docs/protocols.md`` show; a test fails when they drift.
 """
 
 from __future__ import annotations
@@ -44,16 +46,56 @@ def examples():
     yield "top-3", "1 image, 10 classes, L=16", ARGMAX, ArgmaxSig(1, 10, 3, lo, hi, 16, 5)
 
 
-def render() -> str:
-    """The catalogue as an RST simple table of bits (online, offline, setup) and rounds."""
-    head = ("protocol", "signature", "online", "offline", "setup", "rounds")
-    rows = []
-    for name, desc, proto, sig in examples():
-        c = proto.cost(sig, "dealer")
-        rows.append(
-            (name, desc, str(c.online_bits), str(c.offline_bits), str(c.setup_bits), str(c.rounds))
-        )
+def dealer_free(proto):
+    """The dealer-free protocol for the same signature (None: no standalone counterpart; the
+    openings need no correlation and are their own)."""
+    from privquant.protocols import ot
+    from privquant.protocols.ot.argmax import OT_ARGMAX
+    from privquant.protocols.ot.lut import OT_LUT
+    from privquant.protocols.ot.mul import OT_MUL
+
+    pairs = [
+        (OPEN, OPEN),
+        (OPEN_TO, OPEN_TO),
+        (LINEAR, ot.OT_LINEAR),
+        (COMPARE, ot.OT_COMPARE),
+        (LIFT, ot.OT_LIFT),
+        (FUSED, ot.OT_FUSED),
+        (UNFUSED, ot.OT_UNFUSED),
+        (MAXPOOL, ot.OT_MAXPOOL),
+        (LUT, OT_LUT),
+        (MUL, OT_MUL),
+        (ARGMAX, OT_ARGMAX),
+    ]
+    return next((o for d, o in pairs if d is proto), None)
+
+
+def _table(head, rows) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     rule = "  ".join("=" * w for w in widths)
     fmt = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([rule, fmt(head), rule, *(fmt(r) for r in rows), rule])
+
+
+def _bits(c) -> tuple[str, ...]:
+    return (str(c.online_bits), str(c.offline_bits), str(c.setup_bits), str(c.rounds))
+
+
+def render() -> str:
+    """The catalogue as RST simple tables of bits (online, offline, setup) and rounds: under the
+    dealer, then without one (same rows and signatures)."""
+    dealer, free = [], []
+    for name, desc, proto, sig in examples():
+        dealer.append((name, desc, *_bits(proto.cost(sig, "dealer"))))
+        other = dealer_free(proto)
+        free.append((name, *(_bits(other.cost(sig, "ot")) if other else ("-",) * 4)))
+    return "\n".join(
+        [
+            _table(("protocol", "signature", "online", "offline", "setup", "rounds"), dealer),
+            "",
+            "Without a dealer (``ot``: OT extension, SoftSpokenOT k = 4; the same signatures;",
+            "per-session setup such as base OTs and HE keys is not shown):",
+            "",
+            _table(("protocol", "online", "offline", "setup", "rounds"), free),
+        ]
+    )
