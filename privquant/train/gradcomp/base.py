@@ -4,7 +4,7 @@
 module deliberately has no ``from __future__ import annotations``: DDP checks at registration
 that the hook's ``bucket`` parameter is annotated with the real ``dist.GradBucket``.)
 
-Rules the hook follows (see ../shared/notes/gradient-compression.md):
+Rules the hook follows (torch 2.13, gloo):
 
 * every collective is issued from the hook body, in the same order on every rank (a fixed
   sequence per bucket, at most two, the first blocking); ``.then`` callbacks only decode;
