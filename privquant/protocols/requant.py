@@ -537,6 +537,21 @@ class RequantOpSig:
     core: RequantSig
 
 
+def op_presum(party, sig: RequantOpSig, xs) -> torch.Tensor:
+    """The requant op's pre-sum ``sum_i m_i x_i + offset`` in the core's ring, after checking
+    the shares' count and shapes against the signature (shared by the dealer and dealer-free
+    requant ops)."""
+    if len(xs) != len(sig.mults):
+        raise PrivQuantError(f"requant expects {len(sig.mults)} inputs, got {len(xs)}")
+    for x in xs:
+        if tuple(x.shape) != tuple(sig.shape):
+            raise PrivQuantError(
+                f"requant: share has shape {tuple(x.shape)}, expected {tuple(sig.shape)}"
+            )
+    L = sig.core.ell
+    return presum(party, [ring.reduce(x, L) for x in xs], sig.mults, sig.offset, L)
+
+
 class RequantOp(Protocol):
     """Local pre-sum ``t = sum_i m_i x_i + offset`` then the fused requant (cost of the core)."""
 
@@ -556,16 +571,7 @@ class RequantOp(Protocol):
         return self.core.offline(corr, sig.core)
 
     def online(self, party, sig: RequantOpSig, pre, *xs):
-        if len(xs) != len(sig.mults):
-            raise PrivQuantError(f"requant expects {len(sig.mults)} inputs, got {len(xs)}")
-        for x in xs:
-            if tuple(x.shape) != tuple(sig.shape):
-                raise PrivQuantError(
-                    f"requant: share has shape {tuple(x.shape)}, expected {tuple(sig.shape)}"
-                )
-        L = sig.core.ell
-        t = presum(party, [ring.reduce(x, L) for x in xs], sig.mults, sig.offset, L)
-        return self.core.online(party, sig.core, pre, t)
+        return self.core.online(party, sig.core, pre, op_presum(party, sig, xs))
 
 
 class RequantUnfusedOp(RequantOp):

@@ -75,7 +75,6 @@ import numpy as np
 import torch
 
 from privquant.errors import PrivQuantError
-from privquant.protocols.basic import presum
 from privquant.protocols.bitpoly import Poly
 from privquant.protocols.lift import LiftSig
 from privquant.protocols.ot import circuit, cotprod, select
@@ -95,7 +94,13 @@ from privquant.protocols.ot.common import (
 from privquant.protocols.preprocessing.ot.cost import OtCost
 from privquant.protocols.primitives import ring
 from privquant.protocols.primitives.ring import signed_bits
-from privquant.protocols.requant import RequantOpSig, RequantSig, _msb_ok, unfused_steps
+from privquant.protocols.requant import (
+    RequantOpSig,
+    RequantSig,
+    _msb_ok,
+    op_presum,
+    unfused_steps,
+)
 from privquant.protocols.transport.channel import CLIENT, SERVER, Party
 
 
@@ -487,16 +492,7 @@ class OtRequantOp(OtProtocol):
         return self.core.offline(corr, sig.core)
 
     def online(self, party, sig: RequantOpSig, pre, *xs):
-        if len(xs) != len(sig.mults):
-            raise PrivQuantError(f"requant expects {len(sig.mults)} inputs, got {len(xs)}")
-        for x in xs:
-            if tuple(x.shape) != tuple(sig.shape):
-                raise PrivQuantError(
-                    f"requant: share has shape {tuple(x.shape)}, expected {tuple(sig.shape)}"
-                )
-        L = sig.core.ell
-        t = presum(party, [ring.reduce(x, L) for x in xs], sig.mults, sig.offset, L)
-        return self.core.online(party, sig.core, pre, t)
+        return self.core.online(party, sig.core, pre, op_presum(party, sig, xs))
 
 
 class OtUnfusedRequant(OtFusedRequant):
