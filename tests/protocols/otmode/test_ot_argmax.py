@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from otmode_lib import MiniOtProvider, run_protocol, share
 from runtime_helpers import Recording, shipped
 
-import privquant
 from privquant import ops
 from privquant.errors import PrivQuantError
 from privquant.ops.argmax import ARGMAX_SCOPE, output_program, plain_topk
@@ -310,40 +309,3 @@ def test_client_view_holds_only_masked_values_and_the_indices(fixed_client_rando
             assert z > limit, z  # the logits control: the same statistic sees the difference
         else:
             assert z < limit, z
-
-
-# ------------------------------------------------------------------------------ real processes
-@pytest.mark.multiprocess
-def test_serve_ot_mode_label_over_loopback(tmp_path, sample):
-    """``serve --preprocessing ot`` with the default ``label`` policy and a CLI client, as real
-    processes without a dealer: the client gets exactly the plaintext labels, no logits."""
-    import json
-    import subprocess
-    import sys
-
-    from net_helpers import LENET, Proc, make_keys
-
-    from privquant.launch import free_port
-
-    art = privquant.load(LENET)
-    x = sample[0][:3]
-    np.save(tmp_path / "batch.npy", x.numpy())
-    keys = make_keys(tmp_path, "server")
-    addr = f"127.0.0.1:{free_port()}"
-    server = Proc("serve", str(LENET), "--key", str(keys["server"][0]), "--listen", addr,
-                  "--preprocessing", "ot", "--timeout", "60")  # fmt: skip
-    try:
-        server.wait_line("serving")
-        r = subprocess.run(
-            [sys.executable, "-m", "privquant.cli", "client", "--server", addr,
-             "--server-key", keys["server"][1], "--expect-hash", art.architecture_hash(),
-             "--input", str(tmp_path / "batch.npy"), "--json"],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        res = json.loads(r.stdout)
-        assert res["output"] == "label"
-        assert res["labels"] == run_plain(art.program, x).argmax(1).tolist()
-        assert "logits" not in res and "logits_int" not in res
-    finally:
-        server.stop()
