@@ -254,12 +254,12 @@ def _wait_roles(procs: dict[int, tuple], limit: float, grace: float = 3.0) -> di
     connection": for up to ``grace`` s the other roles' errors are collected too and the first
     one that is not such a consequence is reported (the cause, e.g. the client's own error)."""
     outs: dict[int, dict] = {}
-    errors: list[str] = []
+    errors: dict[int, str] = {}  # rank -> its one line, in the order seen
     deadline = time.perf_counter() + limit
     first_error = None
     while len(outs) + len(errors) < len(procs):
         for rank, (p, recv) in procs.items():
-            if rank in outs or any(e.startswith(f"{ROLES[rank]}") for e in errors):
+            if rank in outs or rank in errors:
                 continue
             if recv.poll():
                 try:
@@ -267,11 +267,11 @@ def _wait_roles(procs: dict[int, tuple], limit: float, grace: float = 3.0) -> di
                 except (EOFError, OSError):
                     status, val = "error", f"exited with status {p.exitcode}"
                 if status != "ok":
-                    errors.append(f"{ROLES[rank]}: {val}")
+                    errors[rank] = f"{ROLES[rank]}: {val}"
                 else:
                     outs[rank] = val
             elif not p.is_alive() and not recv.poll():
-                errors.append(f"{ROLES[rank]} exited with status {p.exitcode}")
+                errors[rank] = f"{ROLES[rank]} exited with status {p.exitcode}"
         now = time.perf_counter()
         if errors and first_error is None:
             first_error = now
@@ -283,8 +283,9 @@ def _wait_roles(procs: dict[int, tuple], limit: float, grace: float = 3.0) -> di
             raise PeerError("the parties did not finish before the deadline; stopped them")
         time.sleep(0.02)
     if errors:
-        causes = [e for e in errors if not any(c in e for c in _CONSEQUENCE)]
-        raise PeerError((causes or errors)[0])
+        lines = list(errors.values())
+        causes = [e for e in lines if not any(c in e for c in _CONSEQUENCE)]
+        raise PeerError((causes or lines)[0])
     return outs
 
 
