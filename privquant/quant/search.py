@@ -627,14 +627,14 @@ class Searcher:
         if key not in self._exact:
             with single_thread():
                 q = self.quantize(values, progress=False)
-            total, _ = program_cost(
-                q.program,
-                batch=self.batch,
-                backend=self.backend,
-                preprocessing=self.preprocessing,
-            )
-            self._exact[key] = (total, q)
+            self._exact[key] = (self.declared(q.program), q)
         return self._exact[key]
+
+    def declared(self, program) -> Cost:
+        """``program``'s declared total cost at this search's batch, backend and provider."""
+        return program_cost(
+            program, batch=self.batch, backend=self.backend, preprocessing=self.preprocessing
+        )[0]
 
     def sensitivity_of(self, values: dict[str, int]) -> float:
         return scalar_value(self.scalars, self.table, values)

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import torch
 
-from privquant.costs import program_cost
 from privquant.errors import PrivQuantError
 from privquant.quant.pipeline import fakequant_top1
 from privquant.quant.search import Searcher, SearchResult, single_thread
@@ -205,12 +204,7 @@ def train_point(
     else:
         q = searcher.ptq(values)[1]
     t1 = time.perf_counter()
-    total, _ = program_cost(
-        q.program,
-        batch=searcher.batch,
-        backend=searcher.backend,
-        preprocessing=searcher.preprocessing,
-    )
+    total = searcher.declared(q.program)
     scores: dict[str, dict] = {}
     with single_thread():
         for s in evals:
