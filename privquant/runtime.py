@@ -67,6 +67,7 @@ def run_role(
     progress: bool = False,
     preprocessing: str = "dealer",
     ot_k: int = DEFAULT_K,
+    schedule: str = "auto",
 ) -> RoleResult:
     """Run ``party``'s role of one private inference of ``program`` on ``batch`` samples: a
     :class:`Session` with one inference (setup, then each layer's preprocessing and online step).
@@ -75,7 +76,8 @@ def run_role(
     program. ``x`` is the client's uint8 input batch (N, *input_shape) and is validated before
     anything is shared. ``seeds`` skips seed distribution (tests); ``simulated`` uses the
     in-process dealer (tests only: every result it touches is flagged insecure);
-    ``preprocessing="ot"`` runs without a dealer (``ot_k``: SoftSpokenOT's parameter).
+    ``preprocessing="ot"`` runs without a dealer (``ot_k``: SoftSpokenOT's parameter);
+    ``schedule``: see :class:`Session`.
     """
     s = Session(
         party,
@@ -87,6 +89,7 @@ def run_role(
         progress=progress,
         preprocessing=preprocessing,
         ot_k=ot_k,
+        schedule=schedule,
     )
     if party.rank == CLIENT:
         if x is None:
@@ -105,6 +108,20 @@ def run_role(
 # appended per policy by ``privquant.ops.argmax.output_program``.
 OUTPUT_POLICIES = ("label", "topk", "logits")
 PREPROCESSING_MODES = ("dealer", "ot")
+SCHEDULES = ("auto", "offline-first", "interleaved")
+#: ``auto`` schedule: offline-first up to this much declared preprocessing traffic per inference
+#: (32 MiB: resnet8 or resnet18-cifar at batch 1; resnet18-cifar at batch 4 interleaves)
+OFFLINE_FIRST_BITS = 32 * 8 * 2**20
+
+
+def offline_first(schedule: str, offline_bits: int) -> bool:
+    """Whether an inference whose declared preprocessing traffic is ``offline_bits`` runs all of
+    its preprocessing before its online phase under ``schedule``."""
+    if schedule not in SCHEDULES:
+        raise PrivQuantError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+    if schedule == "auto":
+        return offline_bits <= OFFLINE_FIRST_BITS
+    return schedule == "offline-first"
 
 
 def _last_use(program: Program) -> dict[str, int]:
@@ -122,10 +139,16 @@ class Session:
 
     ``Session(party, program, ...)``; :meth:`setup` distributes the seeds and runs every
     protocol's setup (the masked weights) once; :meth:`infer` runs one inference of ``batch``
-    samples (the client passes ``x``). Inside an inference each layer's preprocessing is made
-    just before its online step (the dealer walks the same sequence and only sends), and every
-    activation is freed after its last reader, so memory follows the widest layer, not the
-    network. Traffic and rounds are exactly those of :func:`run_role` for the same batch
+    samples (the client passes ``x``). ``schedule`` orders each inference's preprocessing and
+    online steps (:func:`offline_first`): ``offline-first`` makes every layer's preprocessing
+    before the first online step (the textbook online phase: no party waits, between two online
+    steps, on its peer's or the dealer's preprocessing); ``interleaved`` makes each layer's just
+    before its online step, so memory follows the widest layer, not the network; ``auto``
+    (default) takes offline-first when the inference's declared preprocessing traffic is at most
+    :data:`OFFLINE_FIRST_BITS`. The dealer walks the same sequence and only sends; every
+    activation is freed after its last reader. The choice depends on public data only, so all
+    roles take the same one (``ot`` mode needs that: its preprocessing is interactive). Traffic
+    and rounds are exactly those of :func:`run_role` for the same batch under either schedule
     (phases have separate clocks); the per-layer scopes accumulate over inferences.
 
     ``output`` is the output policy (``label``, ``topk:K`` or ``logits``): every role runs
@@ -146,7 +169,9 @@ class Session:
         preprocessing: str = "dealer",
         output: str = "logits",
         ot_k: int = DEFAULT_K,
+        schedule: str = "auto",
     ):
+        offline_first(schedule, 0)  # checks the name
         if preprocessing not in PREPROCESSING_MODES:
             raise PrivQuantError(
                 f"preprocessing {preprocessing!r} is not available in this build "
@@ -160,7 +185,7 @@ class Session:
         self.preprocessing, self.ot_k = preprocessing, ot_k
         self.party, self.program, self.backend = party, program, backend
         self.seeds, self.simulated, self.dealer_book = seeds, simulated, dealer_book
-        self.progress, self.output = progress, output
+        self.progress, self.output, self.schedule = progress, output, schedule
         self.rings = ring_bits(program)
         k = ot_k if preprocessing == "ot" else None
         self.protos = [ops.protocol(op.kind, backend, preprocessing, k) for op in program.ops]
@@ -216,12 +241,27 @@ class Session:
             disable=not self.progress,
             leave=False,
         )
+        sigs = [ops.signature(op, program, self.rings, batch) for op in program.ops]
+        first = offline_first(
+            self.schedule,
+            sum(p.cost(g, self.preprocessing).offline_bits for p, g in zip(self.protos, sigs)),
+        )
+        pres: list = [None] * len(sigs)
+        if first:  # every layer's preprocessing, in the same order as interleaved
+            for i, (op, proto, st) in enumerate(zip(program.ops, self.protos, self.states)):
+                with party.scope(op.name):
+                    t1 = time.perf_counter()
+                    pres[i] = proto.offline(self.corr, sigs[i], st)
+                    t_off += time.perf_counter() - t1
         for i, (op, proto, st) in enumerate(zip(program.ops, self.protos, self.states)):
-            sig = ops.signature(op, program, self.rings, batch)
+            sig = sigs[i]
             bar.set_postfix_str(op.name)
             with party.scope(op.name):
                 t1 = time.perf_counter()
-                pre = proto.offline(self.corr, sig, st)
+                if first:
+                    pre, pres[i] = pres[i], None
+                else:
+                    pre = proto.offline(self.corr, sig, st)
                 t2 = time.perf_counter()
                 t_off += t2 - t1
                 if rank != DEALER:

@@ -37,7 +37,9 @@ class Recording:
         return getattr(self.inner, name)
 
 
-def run_threads(program: Program, x, *, backend="privquant", record=False, timeout=300.0):
+def run_threads(
+    program: Program, x, *, backend="privquant", record=False, timeout=300.0, schedule="auto"
+):
     """Server (full program), client (public program, input) and dealer as threads."""
     pub = Program.from_public_dict(program.public_dict())
     batch = int(torch.as_tensor(np.asarray(x)).shape[0])
@@ -46,7 +48,7 @@ def run_threads(program: Program, x, *, backend="privquant", record=False, timeo
     def role(p, prog, **kw):
         if record:
             p.transport = recs[p.rank] = Recording(p.transport)
-        return run_role(p, prog, batch=batch, backend=backend, **kw)
+        return run_role(p, prog, batch=batch, backend=backend, schedule=schedule, **kw)
 
     res = simulate(
         lambda p: role(p, program),

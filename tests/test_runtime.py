@@ -14,6 +14,7 @@ from scipy import stats
 
 import privquant
 from privquant.cli import _randomize_bn
+from privquant.costs import program_cost
 from privquant.errors import PrivQuantError
 from privquant.models import build_model, input_shape
 from privquant.models.data import load_sample
@@ -21,7 +22,7 @@ from privquant.program import Program, ring_bits, run_plain
 from privquant.protocols.primitives import packing
 from privquant.protocols.primitives.ring import reduce
 from privquant.protocols.transport.thread import simulate
-from privquant.runtime import run_role
+from privquant.runtime import OFFLINE_FIRST_BITS, offline_first, run_role
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,29 @@ def test_shipped_models_exact_and_counted(artifact, n, sample):
     assert report.all_match, [x.name for x in report.layers if not x.matches]
     assert report.preprocessing == "dealer"
     assert report.total["online_bits"] > 0 and report.total["offline_bits"] > 0
+
+
+@pytest.mark.parametrize("schedule", ["offline-first", "interleaved"])
+def test_schedules_same_result_and_traffic(schedule, sample):
+    """Every layer's preprocessing before the online phase, or each just before its online
+    step: the same logits, and measured == declared per layer under both."""
+    art = shipped("resnet8-w4a4.pq")
+    x = sample[0][:2]
+    logits, report, _ = run_threads(art.program, x, schedule=schedule)
+    assert torch.equal(logits, run_plain(art.program, x))
+    assert report.all_match, [x.name for x in report.layers if not x.matches]
+
+
+def test_auto_schedule_rule():
+    assert offline_first("auto", OFFLINE_FIRST_BITS) and not offline_first(
+        "auto", OFFLINE_FIRST_BITS + 1
+    )
+    assert offline_first("offline-first", 10**12) and not offline_first("interleaved", 0)
+    with pytest.raises(PrivQuantError, match="unknown schedule"):
+        offline_first("eager", 0)
+    # a resnet8 w4a4 inference's declared preprocessing: offline-first at batch 1
+    one, _ = program_cost(shipped("resnet8-w4a4.pq").program, batch=1)
+    assert offline_first("auto", one.offline_bits)
 
 
 def test_unfused_backend_exact(sample):

@@ -16,7 +16,7 @@ from privquant.report import CommReport
 from privquant.runtime import run_role
 
 
-def run_ot(program, x, record=False, timeout=900.0):
+def run_ot(program, x, record=False, timeout=900.0, schedule="auto"):
     pub = Program.from_public_dict(program.public_dict())
     batch = int(x.shape[0])
     recs = {}
@@ -24,7 +24,7 @@ def run_ot(program, x, record=False, timeout=900.0):
     def role(p, prog, **kw):
         if record:
             p.transport = recs[p.rank] = Recording(p.transport)
-        return run_role(p, prog, batch=batch, preprocessing="ot", **kw)
+        return run_role(p, prog, batch=batch, preprocessing="ot", schedule=schedule, **kw)
 
     res = simulate(lambda p: role(p, program), lambda p: role(p, pub, x=x), timeout=timeout)
     parties = [{"stats": r.stats, "scopes": r.scopes} for r in res.results[:2]]
@@ -85,11 +85,20 @@ def _check_declared(program, report, batch):
             assert layer.rounds == model[layer.name] <= d["rounds"], layer.name
 
 
-@pytest.mark.parametrize("name,n", [("lenet5-w8a8.pq", 2), ("resnet8-w4a4.pq", 1)])
-def test_ot_mode_exact_and_declared(sample, name, n):
+@pytest.mark.parametrize(
+    "name,n,schedule",
+    [
+        ("lenet5-w8a8.pq", 2, "auto"),
+        ("lenet5-w8a8.pq", 1, "interleaved"),
+        ("resnet8-w4a4.pq", 1, "auto"),
+    ],
+)
+def test_ot_mode_exact_and_declared(sample, name, n, schedule):
+    """Both schedules (``auto`` is offline-first for these sizes): interactive preprocessing
+    before the online phase or between its steps, same result, traffic and rounds."""
     art = shipped(name)
     x = sample[0][:n]
-    logits, report, _, _ = run_ot(art.program, x)
+    logits, report, _, _ = run_ot(art.program, x, schedule=schedule)
     assert torch.equal(logits, run_plain(art.program, x))
     _check_declared(art.program, report, n)
 
