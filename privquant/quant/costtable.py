@@ -5,8 +5,8 @@ Why the table is not keyed by ``(layer, b_w, b_a)`` alone
 The cost of a layer's protocols depends on ring widths, and a ring width depends on more than the
 layer's own bits (``privquant.program.ring_bits``): the accumulator ring of a conv is the pre-sum
 ring of the requant that reads it, which depends on the conv's ``b_w``, on its input bits and on
-the bits of the activation it produces (the dyadic multiplier keeps ``bits_out + 10`` significant
-bits, ``quant.lower``); a residual add's requant depends on both branches; and a requant emits its
+the bits of the activation it produces (the dyadic multiplier's bits follow ``bits_out`` and
+an error budget, ``quant.lower.dyadic``); a residual add's requant depends on both branches; and a requant emits its
 output directly into the ring of the layers that read it (``ell_out``), so its offline traffic
 depends on the *next* layers' bits too. The table is therefore keyed by exactly what each op's
 signature depends on:

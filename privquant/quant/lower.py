@@ -4,9 +4,9 @@ For a layer with input scale ``s_in`` and per-channel weight scale ``s_w``:
 ``W_int = clip(round(W / s_w))``, ``bias_int = clip(round(b / (s_in * s_w)), +-bmax)``, and the
 accumulator's real value is ``acc * s_in * s_w``. Each activation quantizer becomes one
 ``requant`` op ``clip(floor((sum_i m_i * x_i + 2^(k-1)) / 2^k), lo, hi)`` whose dyadic multipliers
-``m_i / 2^k`` approximate ``s_i / s_out`` (``s_i`` the real scale of input ``i``) with
-``p = bits_out + REQUANT_EXTRA_BITS`` significant bits: the approximation error stays below
-``2^-REQUANT_EXTRA_BITS`` of an output LSB inside the clip range.
+``m_i / 2^k`` approximate ``s_i / s_out`` (``s_i`` the real scale of input ``i``) with the fewest
+bits at which every channel errs by at most ``2^-REQUANT_ERROR_BITS`` of an output LSB
+(:func:`dyadic`): the requant's ring holds ``m_i * x_i``, so every multiplier bit widens it.
 """
 
 from __future__ import annotations
@@ -24,27 +24,41 @@ from privquant.program import Op, Program, TensorInfo, requant_presum_bounds
 from privquant.quant.fakequant import ActQuantizer, QModel
 from privquant.quant.graph import QGraph
 
-REQUANT_EXTRA_BITS = 10
+#: every channel's dyadic multiplier errs by at most 2^-REQUANT_ERROR_BITS of an output LSB
+REQUANT_ERROR_BITS = 2
 
 
 def dyadic(
-    mults: list[np.ndarray], out_bits: int, max_p: int | None = None
+    mults: list[np.ndarray],
+    out_bits: int,
+    max_p: int | None = None,
+    reach: list[int] | None = None,
 ) -> tuple[list[np.ndarray], int]:
     """Integers ``m_i`` and one shift ``k >= 1`` with ``m_i / 2^k ~= mults_i``.
 
-    ``max_p`` caps the multipliers' significant bits so that the pre-sum stays inside the
-    runtime's 62-bit rings; it binds only for the wide bit widths of the internal uniform-bits
-    ablation (never for 2..8-bit layers), where it trades requantization precision for range.
+    ``k`` is the smallest shift at which every channel ``c`` of every input ``i`` errs by at most
+    ``2^-REQUANT_ERROR_BITS`` of an output LSB: rounding ``M = mults_i[c]`` to ``m / 2^k`` errs
+    by at most ``2^-(k+1) * |x|``, and the ``|x|`` that matter are bounded by the input's own
+    bound ``reach[i]`` and by the clip range (``|x| * M <= 2^out_bits``), so
+    ``k >= log2(min(reach_i, 2^out_bits / M)) + REQUANT_ERROR_BITS - 1`` per channel. The
+    multipliers then have about ``out_bits + REQUANT_ERROR_BITS`` significant bits in their
+    smallest channel, and the requant's ring (which holds ``m * x``) is no wider than that
+    needs. ``max_p`` caps the largest multiplier's significant bits so that the pre-sum stays
+    inside the runtime's 62-bit rings; it binds only for the wide bit widths of the internal
+    uniform-bits ablation (never for 2..8-bit layers), where it trades precision for range.
     """
     per_input = [float(np.max(np.abs(m))) for m in mults]
     mmax = max(per_input)
     if not all(np.isfinite(per_input)) or mmax <= 0:
         raise PrivQuantError("requantization multiplier is zero or not finite")
-    p = out_bits + REQUANT_EXTRA_BITS
-    # every input keeps p significant bits in its largest (per-channel) multiplier: the inputs of
-    # a residual add can differ by 1000x, and a shift chosen for the largest alone would leave
-    # the smaller one only a few bits
-    k = max(p - 1 - math.floor(math.log2(m)) for m in per_input if m > 0)
+    reach = [2.0**62] * len(mults) if reach is None else [float(max(r, 1)) for r in reach]
+    k = 1
+    for m, r in zip(mults, reach):
+        a = np.abs(np.asarray(m, np.float64))
+        a = a[a > 0]
+        if a.size:  # the channel needing the largest shift: the smallest multiplier (or reach)
+            span = min(r, 2.0**out_bits / float(a.min()))
+            k = max(k, math.ceil(math.log2(span)) + REQUANT_ERROR_BITS - 1)
     if max_p is not None:
         if max_p < 2:
             raise PrivQuantError("requantization pre-sum would not fit a 62-bit ring")
@@ -81,7 +95,8 @@ def requant_op(
     xmax = sum(max(abs(t.lo), abs(t.hi)) for t in infos)
     lo, hi = requant_clip(qz, s_out)
     room = xmax if bias is None else 2 * xmax + 4  # the bias term is at most ~xmax (clipped)
-    ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(room + 1)) - 1)
+    reach = [max(abs(t.lo), abs(t.hi)) for t in infos]
+    ints, k = dyadic(mults, qz.bits, PRESUM_LOG2_LIMIT - math.ceil(math.log2(room + 1)) - 1, reach)
     arrays = {f"mult{i}": m for i, m in enumerate(ints)}
     offset = np.full(shape[0], 1 << (k - 1), dtype=np.int64)
     if bias is not None:
