@@ -1,17 +1,19 @@
 """How far narrower requantization rings can go: a cost bound (issue 14 item 1).
 
-Today a requant's ring holds its pre-sum ``m * acc`` with a ``bits_out + 10``-bit multiplier,
-so it is 13-15 bits wider than the accumulator, and the linear layer before it computes in that
-ring. This script asks what ANY exact requantization whose ring is the accumulator's width plus
+A requant's ring holds its pre-sum ``m * acc``, so it is as many bits wider than the
+accumulator as the multiplier has (``quant.lower.dyadic``: about ``bits_out + 2`` plus the spread
+of the per-channel scales, 9-11 bits at w4a4; ``bits_out + 10`` in the largest channel until
+commit 6253b6f, 13-15 bits), and the linear layer before it computes in that ring.
+This script asks what ANY exact requantization whose ring is the accumulator's width plus
 ``b`` bits could save, without building one: it rewrites every requant op of the artifact so
 that its largest multiplier has ``b`` significant bits (shift and offset scaled down with it;
 the pre-sum ring becomes ``acc + b + 1`` bits, and so does the ring of the linear layer feeding
 it), then evaluates the declared cost of the rewritten program under the existing protocols.
-Those protocols are exact at any ring width, so the figure is what a construction in rings that
-narrow reaches at best: it still has to clip and truncate over the accumulator's range, and a
-construction that also removes the multiplier's bits from its comparisons cannot go below
-this. The rewritten program's outputs are meaningless (its multipliers are too coarse): only
-its cost is read.
+Those protocols are exact at any ring width, so the figure is what this protocol family (one
+masked opening, comparisons over the ring, a selection) reaches in rings that narrow: the
+comparisons still span the accumulator's range, which any exact clip-and-truncate must decide.
+The rewritten program's outputs are meaningless (its multipliers are too coarse): only its
+cost is read.
 
 A second family of rows also caps every linear layer's accumulator at ``P`` bits (the bound
 ``|acc| < 2^(P-1)`` that accumulator-aware training, e.g. A2Q (Colbert et al., ICCV 2023),
@@ -132,11 +134,7 @@ def main(argv=None) -> None:
     for r in rows:
         tot = r["online"] + r["offline"] + r["setup"] / 100
         single = r["online"] + r["offline"] + r["setup"]
-        mult = (
-            "today (bits_out + 10)"
-            if r["multiplier_bits"] is None
-            else f"{r['multiplier_bits']} bits"
-        )
+        mult = "as lowered" if r["multiplier_bits"] is None else f"{r['multiplier_bits']} bits"
         acc = "worst case" if r["acc_bits"] is None else f"|acc| < 2^{r['acc_bits'] - 1}"
         lines.append(
             f"| {mult} | {acc} | {r['linear_rings']} | {r['online']:.2f} | {r['offline']:.2f} | "
