@@ -98,7 +98,7 @@ def test_fakequant_equals_integer_program(quantized, case):
     worst, logits, fq = _teacher_forced(q, x)
     kinds = {w[0] for w in worst.values()}
     assert "requant" in kinds or "concat" in kinds
-    for t, (kind, diff, exact, rescale) in worst.items():
+    for t, (kind, diff, exact, _rescale) in worst.items():
         if kind in EXACT_KINDS:
             assert diff == 0, f"{t} ({kind}) differs by {diff}"
         else:

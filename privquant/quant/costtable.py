@@ -5,11 +5,11 @@ Why the table is not keyed by ``(layer, b_w, b_a)`` alone
 The cost of a layer's protocols depends on ring widths, and a ring width depends on more than the
 layer's own bits (``privquant.program.ring_bits``): the accumulator ring of a conv is the pre-sum
 ring of the requant that reads it, which depends on the conv's ``b_w``, on its input bits and on
-the bits of the activation it produces (the dyadic multiplier's bits follow ``bits_out`` and
-an error budget, ``quant.lower.dyadic``); a residual add's requant depends on both branches; and a requant emits its
-output directly into the ring of the layers that read it (``ell_out``), so its offline traffic
-depends on the *next* layers' bits too. The table is therefore keyed by exactly what each op's
-signature depends on:
+the bits of the activation it produces (the dyadic multiplier's bits follow ``bits_out``, the
+scales and an error budget, ``quant.lower.dyadic``); a residual add's requant depends on both
+branches; and a requant emits its output directly into the ring of the layers that read it
+(``ell_out``), so its offline traffic depends on the *next* layers' bits too. The table is
+therefore keyed by exactly what each op's signature depends on:
 
 * decision variables: ``w:<layer>`` (weight bits of every conv/linear) and ``a:<quantizer>``
   (bits of every activation quantizer that some layer reads; layers reading one quantizer share its
