@@ -109,19 +109,33 @@ def run_role(
 OUTPUT_POLICIES = ("label", "topk", "logits")
 PREPROCESSING_MODES = ("dealer", "ot")
 SCHEDULES = ("auto", "offline-first", "interleaved")
-#: ``auto`` schedule: offline-first up to this much declared preprocessing traffic per inference
-#: (32 MiB: resnet8 or resnet18-cifar at batch 1; resnet18-cifar at batch 4 interleaves)
-OFFLINE_FIRST_BITS = 32 * 8 * 2**20
+#: ``auto`` schedule: the preprocessing of consecutive layers is made together, before their
+#: online steps, up to this much declared preprocessing traffic per window (32 MiB: one window
+#: for resnet8 or resnet18-cifar at batch 1, six for resnet18-cifar at batch 16)
+OFFLINE_WINDOW_BITS = 32 * 8 * 2**20
 
 
-def offline_first(schedule: str, offline_bits: int) -> bool:
-    """Whether an inference whose declared preprocessing traffic is ``offline_bits`` runs all of
-    its preprocessing before its online phase under ``schedule``."""
+def windows(schedule: str, offline_bits: list[int]) -> list[range]:
+    """The op windows of one inference under ``schedule``, given each op's declared preprocessing
+    traffic: each window's preprocessing is made before its first online step. ``offline-first``
+    is one window, ``interleaved`` one per op, ``auto`` the longest runs of consecutive ops whose
+    traffic sums to at most :data:`OFFLINE_WINDOW_BITS` (an op over it alone). Public data
+    only, so every role cuts the same windows."""
     if schedule not in SCHEDULES:
         raise PrivQuantError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
-    if schedule == "auto":
-        return offline_bits <= OFFLINE_FIRST_BITS
-    return schedule == "offline-first"
+    n = len(offline_bits)
+    if schedule == "offline-first":
+        return [range(0, n)] if n else []
+    budget = OFFLINE_WINDOW_BITS if schedule == "auto" else 0
+    out, start, acc = [], 0, 0
+    for i, b in enumerate(offline_bits):
+        if i > start and acc + b > budget:
+            out.append(range(start, i))
+            start, acc = i, 0
+        acc += b
+    if n:
+        out.append(range(start, n))
+    return out
 
 
 def _last_use(program: Program) -> dict[str, int]:
@@ -140,16 +154,17 @@ class Session:
     ``Session(party, program, ...)``; :meth:`setup` distributes the seeds and runs every
     protocol's setup (the masked weights) once; :meth:`infer` runs one inference of ``batch``
     samples (the client passes ``x``). ``schedule`` orders each inference's preprocessing and
-    online steps (:func:`offline_first`): ``offline-first`` makes every layer's preprocessing
-    before the first online step (the textbook online phase: no party waits, between two online
-    steps, on its peer's or the dealer's preprocessing); ``interleaved`` makes each layer's just
-    before its online step, so memory follows the widest layer, not the network; ``auto``
-    (default) takes offline-first when the inference's declared preprocessing traffic is at most
-    :data:`OFFLINE_FIRST_BITS`. The dealer walks the same sequence and only sends; every
-    activation is freed after its last reader. The choice depends on public data only, so all
-    roles take the same one (``ot`` mode needs that: its preprocessing is interactive). Traffic
-    and rounds are exactly those of :func:`run_role` for the same batch under either schedule
-    (phases have separate clocks); the per-layer scopes accumulate over inferences.
+    online steps (:func:`windows`): ``offline-first`` makes every layer's preprocessing before
+    the first online step (the textbook online phase: between two online steps no party waits on
+    its peer's or the dealer's preprocessing), ``interleaved`` each layer's just before its
+    online step (memory follows the widest layer, not the network), ``auto`` (default) that of
+    windows of consecutive layers with up to :data:`OFFLINE_WINDOW_BITS` of declared traffic
+    (offline-first for small inferences, a few pauses and bounded memory for large ones). The
+    dealer walks the same sequence and only sends; every activation is freed after its last
+    reader. The windows depend on public data only, so all roles cut the same ones (``ot`` mode
+    needs that: its preprocessing is interactive). Traffic and rounds are exactly those of
+    :func:`run_role` for the same batch under every schedule (phases have separate clocks); the
+    per-layer scopes accumulate over inferences.
 
     ``output`` is the output policy (``label``, ``topk:K`` or ``logits``): every role runs
     :func:`~privquant.ops.argmax.output_program` of its program, so ``self.program`` includes
@@ -171,7 +186,7 @@ class Session:
         ot_k: int = DEFAULT_K,
         schedule: str = "auto",
     ):
-        offline_first(schedule, 0)  # checks the name
+        windows(schedule, [])  # checks the name
         if preprocessing not in PREPROCESSING_MODES:
             raise PrivQuantError(
                 f"preprocessing {preprocessing!r} is not available in this build "
@@ -242,41 +257,35 @@ class Session:
             leave=False,
         )
         sigs = [ops.signature(op, program, self.rings, batch) for op in program.ops]
-        first = offline_first(
-            self.schedule,
-            sum(p.cost(g, self.preprocessing).offline_bits for p, g in zip(self.protos, sigs)),
-        )
+        offline = [p.cost(g, self.preprocessing).offline_bits for p, g in zip(self.protos, sigs)]
         pres: list = [None] * len(sigs)
-        if first:  # every layer's preprocessing, in the same order as interleaved
-            for i, (op, proto, st) in enumerate(zip(program.ops, self.protos, self.states)):
+        items = list(zip(program.ops, self.protos, self.states))
+        for win in windows(self.schedule, offline):
+            for i in win:  # the window's preprocessing, in op order (as every role walks it)
+                op, proto, st = items[i]
                 with party.scope(op.name):
                     t1 = time.perf_counter()
                     pres[i] = proto.offline(self.corr, sigs[i], st)
                     t_off += time.perf_counter() - t1
-        for i, (op, proto, st) in enumerate(zip(program.ops, self.protos, self.states)):
-            sig = sigs[i]
-            bar.set_postfix_str(op.name)
-            with party.scope(op.name):
-                t1 = time.perf_counter()
-                if first:
+            for i in win:
+                op, proto, _ = items[i]
+                bar.set_postfix_str(op.name)
+                with party.scope(op.name):
                     pre, pres[i] = pres[i], None
-                else:
-                    pre = proto.offline(self.corr, sig, st)
-                t2 = time.perf_counter()
-                t_off += t2 - t1
-                if rank != DEALER:
-                    if op.kind == "input":
-                        ins = [x if rank == CLIENT else None]
-                    else:
-                        ins = [env[t] for t in op.inputs]
-                    env[op.output] = proto.online(party, sig, pre, *ins)
-                    t_on += time.perf_counter() - t2
-                del pre
-            for t in op.inputs:
-                if self._last.get(t) == i:
-                    env.pop(t, None)
-            release_freed_memory()  # the layer's temporaries back to the OS (privquant._memory)
-            bar.update(1)
+                    t2 = time.perf_counter()
+                    if rank != DEALER:
+                        if op.kind == "input":
+                            ins = [x if rank == CLIENT else None]
+                        else:
+                            ins = [env[t] for t in op.inputs]
+                        env[op.output] = proto.online(party, sigs[i], pre, *ins)
+                        t_on += time.perf_counter() - t2
+                    del pre
+                for t in op.inputs:
+                    if self._last.get(t) == i:
+                        env.pop(t, None)
+                release_freed_memory()  # the layer's temporaries back to the OS (privquant._memory)
+                bar.update(1)
         bar.close()
         logits = env.get(program.output_op.output) if rank == CLIENT else None
         self.inferences += 1

@@ -13,8 +13,8 @@ from runtime_helpers import run_threads, shipped, with_other_weights
 from scipy import stats
 
 import privquant
+from privquant import ops
 from privquant.cli import _randomize_bn
-from privquant.costs import program_cost
 from privquant.errors import PrivQuantError
 from privquant.models import build_model, input_shape
 from privquant.models.data import load_sample
@@ -22,7 +22,7 @@ from privquant.program import Program, ring_bits, run_plain
 from privquant.protocols.primitives import packing
 from privquant.protocols.primitives.ring import reduce
 from privquant.protocols.transport.thread import simulate
-from privquant.runtime import OFFLINE_FIRST_BITS, offline_first, run_role
+from privquant.runtime import OFFLINE_WINDOW_BITS, run_role, windows
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_shipped_models_exact_and_counted(artifact, n, sample):
     assert report.total["online_bits"] > 0 and report.total["offline_bits"] > 0
 
 
-@pytest.mark.parametrize("schedule", ["offline-first", "interleaved"])
+@pytest.mark.parametrize("schedule", ["offline-first", "interleaved", "auto"])
 def test_schedules_same_result_and_traffic(schedule, sample):
     """Every layer's preprocessing before the online phase, or each just before its online
     step: the same logits, and measured == declared per layer under both."""
@@ -54,16 +54,22 @@ def test_schedules_same_result_and_traffic(schedule, sample):
     assert report.all_match, [x.name for x in report.layers if not x.matches]
 
 
-def test_auto_schedule_rule():
-    assert offline_first("auto", OFFLINE_FIRST_BITS) and not offline_first(
-        "auto", OFFLINE_FIRST_BITS + 1
-    )
-    assert offline_first("offline-first", 10**12) and not offline_first("interleaved", 0)
+def test_schedule_windows():
+    """Windows cover every op once, in order; auto packs consecutive ops up to the budget."""
+    w = OFFLINE_WINDOW_BITS
+    bits = [0, w // 2, w // 2, 1, 2 * w, 0, w // 4, w]
+    assert windows("offline-first", bits) == [range(0, 8)]
+    assert windows("interleaved", bits) == [range(i, i + 1) for i in range(8)]
+    auto = [range(0, 3), range(3, 4), range(4, 5), range(5, 7), range(7, 8)]
+    assert windows("auto", bits) == auto  # the op over the budget alone
+    assert windows("auto", []) == [] and windows("offline-first", []) == []
     with pytest.raises(PrivQuantError, match="unknown schedule"):
-        offline_first("eager", 0)
-    # a resnet8 w4a4 inference's declared preprocessing: offline-first at batch 1
-    one, _ = program_cost(shipped("resnet8-w4a4.pq").program, batch=1)
-    assert offline_first("auto", one.offline_bits)
+        windows("eager", bits)
+    # a resnet8 w4a4 inference's declared preprocessing: one window at batch 1
+    prog = shipped("resnet8-w4a4.pq").program
+    rings = ring_bits(prog)
+    per_op = [ops.op_cost(op, prog, rings, 1).offline_bits for op in prog.ops]
+    assert windows("auto", per_op) == [range(0, len(prog.ops))]
 
 
 def test_unfused_backend_exact(sample):
