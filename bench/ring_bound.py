@@ -126,7 +126,7 @@ def main(argv=None) -> None:
         f"`bench/reports/{CONFIG}/report.json`): both trust a third party. Declared costs; "
         "total = online + offline + setup/100, single = online + offline + setup.",
         "",
-        "| requant multiplier | accumulator bound | linear rings | online MB | offline MB "
+        "| requant multiplier | accumulator bound (within) | linear rings | online MB | offline MB "
         "| setup MB | total MB/image | × CrypTen (target 30) | single MB | × CrypTen single "
         "(target 12) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -135,7 +135,7 @@ def main(argv=None) -> None:
         tot = r["online"] + r["offline"] + r["setup"] / 100
         single = r["online"] + r["offline"] + r["setup"]
         mult = "as lowered" if r["multiplier_bits"] is None else f"{r['multiplier_bits']} bits"
-        acc = "worst case" if r["acc_bits"] is None else f"|acc| < 2^{r['acc_bits'] - 1}"
+        acc = "worst case" if r["acc_bits"] is None else f"±2^{r['acc_bits'] - 1}"
         lines.append(
             f"| {mult} | {acc} | {r['linear_rings']} | {r['online']:.2f} | {r['offline']:.2f} | "
             f"{r['setup']:.2f} | {tot:.2f} | {cr_amort / tot:.1f} | {single:.2f} | "
