@@ -201,6 +201,7 @@ class Session:
         self.party, self.program, self.backend = party, program, backend
         self.seeds, self.simulated, self.dealer_book = seeds, simulated, dealer_book
         self.progress, self.output, self.schedule = progress, output, schedule
+        self._offline_bits: dict[int, list[int]] = {}
         self.rings = ring_bits(program)
         k = ot_k if preprocessing == "ot" else None
         self.protos = [ops.protocol(op.kind, backend, preprocessing, k) for op in program.ops]
@@ -257,7 +258,11 @@ class Session:
             leave=False,
         )
         sigs = [ops.signature(op, program, self.rings, batch) for op in program.ops]
-        offline = [p.cost(g, self.preprocessing).offline_bits for p, g in zip(self.protos, sigs)]
+        if batch not in self._offline_bits:  # declared, per op: what the windows are cut from
+            self._offline_bits[batch] = [
+                p.cost(g, self.preprocessing).offline_bits for p, g in zip(self.protos, sigs)
+            ]
+        offline = self._offline_bits[batch]
         pres: list = [None] * len(sigs)
         items = list(zip(program.ops, self.protos, self.states))
         for win in windows(self.schedule, offline):
