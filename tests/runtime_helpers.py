@@ -1,4 +1,5 @@
-"""Helpers for the runtime tests: run the three roles as threads, record transcripts."""
+"""Helpers for the runtime tests: run the three roles as threads, record transcripts, compare
+views, make argmax inputs."""
 
 from __future__ import annotations
 
@@ -77,3 +78,29 @@ def with_other_weights(art, seed: int):
             b = op.arrays["bias"]
             op.arrays["bias"] = gen.integers(-100, 101, b.shape).astype(b.dtype)
     return prog
+
+
+def max_z(views_a: np.ndarray, views_b: np.ndarray) -> float:
+    """Largest two-sample z statistic over bit positions of two stacks of transcript bits (equal
+    marginals: about 4 at most)."""
+    m = len(views_a)
+    pa, pb = views_a.mean(0), views_b.mean(0)
+    p = (pa + pb) / 2
+    var = p * (1 - p) * 2 / m
+    diff = np.abs(pa - pb)
+    z = np.where(var > 0, diff / np.sqrt(np.where(var > 0, var, 1)), np.where(diff > 0, np.inf, 0))
+    return float(z.max())
+
+
+def argmax_logits(lo: int, hi: int, n: int, classes: int, ties: bool, seed: int) -> torch.Tensor:
+    """(n, classes) logits in ``[lo, hi]`` with both extremes present; with ``ties``, few distinct
+    values (many equal logits, broken by the lower index)."""
+    g = torch.Generator().manual_seed(seed)
+    if ties:
+        vals = torch.tensor([lo, hi, (lo + hi) // 2])
+        x = vals[torch.randint(0, 3, (n, classes), generator=g)]
+    else:
+        x = torch.randint(lo, hi + 1, (n, classes), generator=g)
+    x.view(-1)[0] = hi
+    x.view(-1)[-1] = lo
+    return x

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from runtime_helpers import Recording, shipped
+from runtime_helpers import Recording, max_z, shipped
 
 from privquant import ops
 from privquant.errors import PrivQuantError
@@ -161,17 +161,6 @@ def _client_view(logits, x1, d0: bytes, k: int | None, lo, hi, force: str | None
     return bits, res.results[CLIENT]
 
 
-def _max_z(views_a: np.ndarray, views_b: np.ndarray) -> float:
-    """Largest two-sample z statistic over bit positions (equal marginals: about 4 at most)."""
-    m = len(views_a)
-    pa, pb = views_a.mean(0), views_b.mean(0)
-    p = (pa + pb) / 2
-    var = p * (1 - p) * 2 / m
-    diff = np.abs(pa - pb)
-    z = np.where(var > 0, diff / np.sqrt(np.where(var > 0, var, 1)), np.where(diff > 0, np.inf, 0))
-    return float(z.max())
-
-
 @pytest.mark.parametrize(
     "k,force",
     [(1, None), (2, None), pytest.param(2, "network", marks=pytest.mark.slow)],
@@ -198,7 +187,7 @@ def test_client_view_holds_only_masked_values_and_the_label(k, force):
             vb.append(bits_b)
             if policy_k_ is not None:
                 assert torch.equal(out_a, plain_topk(xa, k)) and torch.equal(out_b, out_a)
-        z = _max_z(np.stack(va), np.stack(vb))
+        z = max_z(np.stack(va), np.stack(vb))
         if expect_leak:
             assert z > 12.0, z  # the logits control: the same statistic sees the difference
         else:

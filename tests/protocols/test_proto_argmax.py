@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from proto_testlib import assert_cost, share
+from runtime_helpers import argmax_logits
 
 from privquant.errors import PrivQuantError
 from privquant.ops.argmax import plain_topk
@@ -74,14 +75,7 @@ def test_topk_exact_and_cost(case, seed, dealer):
         with pytest.raises(PrivQuantError):
             _ = sig.ell
         return
-    g = torch.Generator().manual_seed(seed)
-    if ties:  # few distinct values: many equal logits, ties broken by lower index
-        vals = torch.tensor([lo, hi, (lo + hi) // 2])
-        x = vals[torch.randint(0, 3, (n, classes), generator=g)]
-    else:
-        x = torch.randint(lo, hi + 1, (n, classes), generator=g)
-    x.view(-1)[0] = hi
-    x.view(-1)[-1] = lo
+    x = argmax_logits(lo, hi, n, classes, ties, seed)
     x0, x1 = share(x, ell_in, seed)
     run = run_protocol(ARGMAX, sig, (x0,), (x1,), dealer=dealer, master=seed)
     y = ring.reconstruct(run.out0, run.out1, ell_out)

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from otmode_lib import MiniOtProvider, run_protocol, share
-from runtime_helpers import Recording, shipped
+from runtime_helpers import Recording, argmax_logits, max_z, shipped
 
 from privquant import ops
 from privquant.errors import PrivQuantError
@@ -73,14 +73,7 @@ def test_topk_exact_and_cost(case, seed):
             OT_ARGMAX.full_cost(sig)
         return
     lo, hi, n, classes = sig.lo, sig.hi, sig.n, sig.classes
-    g = torch.Generator().manual_seed(seed)
-    if ties:  # few distinct values: many equal logits, ties broken by lower index
-        vals = torch.tensor([lo, hi, (lo + hi) // 2])
-        x = vals[torch.randint(0, 3, (n, classes), generator=g)]
-    else:
-        x = torch.randint(lo, hi + 1, (n, classes), generator=g)
-    x.view(-1)[0] = hi
-    x.view(-1)[-1] = lo
+    x = argmax_logits(lo, hi, n, classes, ties, seed)
     y, cost = _run(sig, x)
     assert torch.equal(y, plain_topk(x, sig.k))
     assert cost == OT_ARGMAX.full_cost(sig)
@@ -262,16 +255,6 @@ def _client_view(sig, logits, x1, k: int | None):
     return bits, res.results[CLIENT]
 
 
-def _max_z(va: np.ndarray, vb: np.ndarray) -> float:
-    m = len(va)
-    pa, pb = va.mean(0), vb.mean(0)
-    p = (pa + pb) / 2
-    var = p * (1 - p) * 2 / m
-    diff = np.abs(pa - pb)
-    z = np.where(var > 0, diff / np.sqrt(np.where(var > 0, var, 1)), np.where(diff > 0, np.inf, 0))
-    return float(z.max())
-
-
 @pytest.mark.parametrize(
     "k,force,runs",
     [
@@ -304,7 +287,7 @@ def test_client_view_holds_only_masked_values_and_the_indices(fixed_client_rando
             if policy_k is not None:
                 assert torch.equal(out_a, plain_topk(xa, k)) and torch.equal(out_b, out_a)
         assert len(va[0]) == len(vb[0])
-        z = _max_z(np.stack(va), np.stack(vb))
+        z = max_z(np.stack(va), np.stack(vb))
         if policy_k is None:
             assert z > limit, z  # the logits control: the same statistic sees the difference
         else:
